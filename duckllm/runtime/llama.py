@@ -1,0 +1,388 @@
+"""A Runtime over llama.cpp (llama-cpp-python's raw C bindings).
+
+One LlamaRuntime owns one model, one context and one batch, and frees them. All rows of a call
+share one evaluated prompt prefix (KV cache sequence 0, copied by reference to each row's
+sequence) and are decoded together as parallel sequences: each step puts every active row's
+next token into one llama_decode.
+
+llama.cpp releases the GIL and a context is not thread-safe, so every public method holds the
+runtime's lock: concurrent callers (DuckDB runs UDFs on several threads) queue.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ArgumentError, ModelError
+from ..prompt_format import Format, detect
+from . import Choice, Generation, Prompt, Usage
+
+PREFIX_SEQ = 0
+
+
+def physical_cores() -> int:
+    """Physical cores, not hyperthreads: llama.cpp runs no faster on siblings."""
+    try:
+        cores = set()
+        physical = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                physical = value.strip()
+            elif key == "core id":
+                core = value.strip()
+                cores.add((physical, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+_log_callback = None
+
+
+def _quiet_llama_logs(llama_cpp) -> None:
+    """llama.cpp logs every load to stderr; keep it for DUCKLLM_VERBOSE=1 only."""
+    global _log_callback
+    if _log_callback is None and not os.environ.get("DUCKLLM_VERBOSE"):
+        _log_callback = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+@dataclass
+class _Row:
+    """One row in flight: its KV sequence, next position, and what it has answered so far."""
+    index: int
+    seq: int
+    pos: int
+    logprobs: np.ndarray | None = None   # full-vocabulary log-probs for the next token
+    token_logprobs: list[float] = field(default_factory=list)
+    choice_logprob: float = 0.0
+    node: dict | None = None              # choose: current trie node
+    tokens: list[int] = field(default_factory=list)  # generate: tokens produced
+    limit: int = 0
+    truncated: bool = False
+    done: bool = False
+
+
+class LlamaRuntime:
+    def __init__(self, path: str | Path, fmt: Format | None = None, *, n_ctx: int = 4096, n_batch: int = 512,
+                 n_parallel: int = 16, n_threads: int | None = None, n_gpu_layers: int | None = None):
+        import llama_cpp
+
+        self._c = llama_cpp
+        _quiet_llama_logs(llama_cpp)
+        llama_cpp.llama_backend_init()
+        self.path = Path(path)
+        self.usage = Usage()
+        self._lock = threading.Lock()
+
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = (999 if gpu else 0) if n_gpu_layers is None else n_gpu_layers
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelError(f"llama.cpp could not load {str(self.path)!r}: the file is corrupt, not a model "
+                             f"llama.cpp supports, or too large for memory; re-fetch it with "
+                             f"'duckllm models pull NAME' or pick a smaller model")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        template = llama_cpp.llama_model_chat_template(self._model, None)
+        self.format = fmt or detect(template.decode(errors="replace") if template else None)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_layer = llama_cpp.llama_model_n_layer(self._model)
+        self.n_gpu_layers = min(mparams.n_gpu_layers, self.n_layer + 1) if gpu else 0
+        n_ctx = min(n_ctx, llama_cpp.llama_model_n_ctx_train(self._model))
+        self.n_parallel = max(1, n_parallel)
+        self.n_threads = n_threads or physical_cores()
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = self.n_parallel + 1
+        cparams.kv_unified = True          # rows share the prefix's cells instead of copying them
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path.name}; "
+                             f"set DUCKLLM_CONTEXT lower or free memory")
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, self.n_parallel + 1)
+        self._prefix: list[int] = []
+        self._end_tokens = self.tokenize(self.format.end, special=True)
+
+    # ---- resources -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        c = getattr(self, "_c", None)
+        if c is None:
+            return
+        with self._lock:
+            c.llama_batch_free(self._batch)
+            c.llama_free(self._ctx)
+            c.llama_model_free(self._model)
+            self._c = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def describe(self) -> dict:
+        return {
+            "model": self.path.name,
+            "device": "gpu" if self.n_gpu_layers else "cpu",
+            "gpu_layers_offloaded": self.n_gpu_layers,
+            "layers": self.n_layer,
+            "threads": self.n_threads,
+            "context": self.n_ctx,
+            "parallel_rows": self.n_parallel,
+            "system": self._c.llama_print_system_info().decode(errors="replace").strip(),
+        }
+
+    # ---- tokens ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        data = text.encode("utf-8", errors="replace")
+        capacity = len(data) + 8
+        buf = (self._c.llama_token * capacity)()
+        n = self._c.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
+        if n < 0:
+            capacity = -n
+            buf = (self._c.llama_token * capacity)()
+            n = self._c.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
+        return list(buf[:n])
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        out = bytearray()
+        buf = ctypes.create_string_buffer(256)
+        for token in tokens:
+            n = self._c.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            out += buf.raw[:max(n, 0)]
+        return out.decode("utf-8", errors="replace")
+
+    def _is_end(self, token: int) -> bool:
+        return token in self._end_tokens or bool(self._c.llama_vocab_is_eog(self._vocab, token))
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str]) -> list[Choice]:
+        paths = [self.tokenize(option) + self._end_tokens for option in options]
+        trie = _trie(paths)
+        answer_room = max(len(p) for p in paths)
+        with self._lock:
+            rows = self._run(prompt, texts, answer_room, lambda row: setattr(row, "node", trie), self._step_choose)
+        return [Choice(index=r.node["index"], token_logprobs=r.token_logprobs,
+                       choice_logprob=r.choice_logprob, truncated=r.truncated) for r in rows]
+
+    def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int,
+                 per_input_token: float = 0.0) -> list[Generation]:
+        with self._lock:
+            rows = self._run(prompt, texts, (max_tokens, per_input_token), None, self._step_generate)
+        out = []
+        for r in rows:
+            ended = bool(r.tokens) and self._is_end(r.tokens[-1])
+            text_tokens = r.tokens[:-1] if ended else r.tokens
+            out.append(Generation(text=self.detokenize(text_tokens), token_logprobs=r.token_logprobs,
+                                  truncated=r.truncated, hit_limit=not ended))
+        return out
+
+    # ---- scheduling ------------------------------------------------------------------------
+
+    def _run(self, prompt: Prompt, texts, answer_room, start, step) -> list[_Row]:
+        """Evaluate the shared prefix once, then the rows in waves of parallel sequences."""
+        shared = self.tokenize(prompt.shared, add_bos=self._add_bos(), special=True)
+        tail = self.tokenize(prompt.tail, special=True)
+        self._ensure_prefix(shared)
+        room = self.n_ctx - len(shared)
+        results: list[_Row | None] = [None] * len(texts)
+        pending = list(range(len(texts)))
+        while pending:
+            wave, used = [], 0
+            while pending and len(wave) < self.n_parallel:
+                i = pending[0]
+                row_tokens, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_room, room)
+                need = len(row_tokens) + limit
+                if wave and used + need > room:
+                    break
+                pending.pop(0)
+                used += need
+                row = _Row(index=i, seq=len(wave) + 1, pos=len(shared), limit=limit, truncated=truncated)
+                if start:
+                    start(row)
+                wave.append((row, row_tokens))
+            self._decode_wave(wave, step)
+            for row, _ in wave:
+                results[row.index] = row
+        return results
+
+    def _fit(self, text_tokens, tail, answer_room, room):
+        """Cut a row's text so text + tail + answer fit the room left after the prefix."""
+        if isinstance(answer_room, tuple):  # generate: (max_tokens, per_input_token)
+            max_tokens, per_input = answer_room
+            budget = int((room - len(tail) - max_tokens) / (1 + per_input))
+        else:
+            budget = room - len(tail) - answer_room
+        if budget < 1:
+            raise ArgumentError(f"the instructions and labels take {self.n_ctx - room} of the model's "
+                                f"{self.n_ctx} context tokens, leaving no room for the text; shorten them "
+                                f"or set DUCKLLM_CONTEXT higher")
+        truncated = len(text_tokens) > budget
+        text_tokens = text_tokens[:budget]
+        if isinstance(answer_room, tuple):
+            limit = answer_room[0] + math.ceil(answer_room[1] * len(text_tokens))
+        else:
+            limit = answer_room
+        return text_tokens + tail, limit, truncated
+
+    def _add_bos(self) -> bool:
+        return bool(self._c.llama_vocab_get_add_bos(self._vocab))
+
+    def _ensure_prefix(self, shared: list[int]) -> None:
+        """Keep the shared prefix in sequence 0, re-evaluating only where it differs."""
+        keep = 0
+        while keep < min(len(shared), len(self._prefix)) and shared[keep] == self._prefix[keep]:
+            keep += 1
+        if keep == len(shared) and keep == len(self._prefix):
+            return
+        if keep == len(shared):  # llama.cpp needs logits from a decode; re-evaluate the last token
+            keep -= 1
+        self._c.llama_memory_seq_rm(self._memory, PREFIX_SEQ, keep, -1)
+        self._decode([(t, keep + j, (PREFIX_SEQ,), False) for j, t in enumerate(shared[keep:])])
+        self._prefix = list(shared)
+
+    def _decode_wave(self, wave, step) -> None:
+        for row, _ in wave:
+            self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
+            self._c.llama_memory_seq_cp(self._memory, PREFIX_SEQ, row.seq, -1, -1)
+        items, owners = [], []
+        for row, tokens in wave:
+            for j, t in enumerate(tokens):
+                items.append((t, row.pos + j, (row.seq,), j == len(tokens) - 1))
+            row.pos += len(tokens)
+            owners.append(row)
+        self.usage.prompt_tokens += len(items)
+        for row, logprobs in zip(owners, self._decode(items)):
+            row.logprobs = logprobs
+        active = [row for row, _ in wave]
+        while active:
+            feeds = []  # (row, tokens to feed, whether each needs logits)
+            for row in active:
+                step(row, feeds)
+            active = [row for row in active if not row.done]
+            items, owners = [], []
+            for row, tokens in feeds:
+                for j, t in enumerate(tokens):
+                    items.append((t, row.pos + j, (row.seq,), True))
+                    owners.append((row, j == len(tokens) - 1))
+                row.pos += len(tokens)
+            self.usage.generated_tokens += len(items)
+            if items:
+                logprobs = self._decode(items)
+                for (row, last), lp in zip(owners, logprobs):
+                    if row.done:     # choose: scoring the determined rest of an answer
+                        row.token_logprobs.append(float(lp[row.node["path"][len(row.token_logprobs)]]))
+                    elif last:
+                        row.logprobs = lp
+        for row, _ in wave:
+            self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
+
+    def _step_choose(self, row: _Row, feeds) -> None:
+        """Walk the option trie: pick the likeliest allowed token where options diverge; once one
+        option is left, feed its remaining tokens in one go, only to score them."""
+        node, lp = row.node, row.logprobs
+        children = node["children"]
+        allowed = np.fromiter(children, dtype=np.int64)
+        pick = int(allowed[np.argmax(lp[allowed])])
+        row.token_logprobs.append(float(lp[pick]))
+        row.choice_logprob += float(lp[pick] - _logsumexp(lp[allowed]))
+        row.node = children[pick]
+        if "index" in row.node:          # determined: one option left below this node
+            rest = row.node["path"][len(row.token_logprobs):]
+            row.done = True
+            if rest:                      # feed all but the last scored token to get their logits
+                fed = [pick] + rest[:-1]
+                feeds.append((row, fed))
+
+    def _step_generate(self, row: _Row, feeds) -> None:
+        lp = row.logprobs
+        token = int(np.argmax(lp))
+        row.tokens.append(token)
+        row.token_logprobs.append(float(lp[token]))
+        if self._is_end(token) or len(row.tokens) >= row.limit:
+            row.done = True
+        else:
+            feeds.append((row, [token]))
+
+    # ---- llama_decode ----------------------------------------------------------------------
+
+    def _decode(self, items) -> list[np.ndarray]:
+        """Decode (token, pos, seq_ids, want_logits) items in chunks of n_batch; return the
+        log-softmax over the vocabulary for each item that wanted logits, in order."""
+        out = []
+        b = self._batch
+        for start in range(0, len(items), self.n_batch):
+            chunk = items[start:start + self.n_batch]
+            wanted = []
+            for i, (token, pos, seqs, want) in enumerate(chunk):
+                b.token[i] = token
+                b.pos[i] = pos
+                b.n_seq_id[i] = len(seqs)
+                for k, s in enumerate(seqs):
+                    b.seq_id[i][k] = s
+                b.logits[i] = want
+                if want:
+                    wanted.append(i)
+            b.n_tokens = len(chunk)
+            rc = self._c.llama_decode(self._ctx, b)
+            if rc != 0:
+                raise ModelError(f"llama_decode failed with code {rc} (the KV cache is full or the "
+                                 f"input is invalid); set DUCKLLM_CONTEXT higher or DUCKLLM_PARALLEL lower")
+            for i in wanted:
+                logits = np.ctypeslib.as_array(self._c.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,))
+                out.append(logits - _logsumexp(logits))
+        return out
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    m = float(np.max(x))
+    return m + math.log(float(np.sum(np.exp(x - m))))
+
+
+def _trie(paths: list[list[int]]) -> dict:
+    """A token trie of the options. A node below which only one option remains carries that
+    option's index and full token path: decoding can stop choosing there."""
+    root: dict = {"children": {}}
+    for index, path in enumerate(paths):
+        node = root
+        for token in path:
+            node = node["children"].setdefault(token, {"children": {}, "options": []})
+            node["options"].append(index)
+    if len({tuple(p) for p in paths}) != len(paths):
+        raise ArgumentError("two labels tokenize identically; make the labels differ in more than case or spacing")
+
+    def mark(node, depth_path):
+        for token, child in node["children"].items():
+            path = depth_path + [token]
+            if len(child["options"]) == 1:
+                child["index"] = child["options"][0]
+                child["path"] = paths[child["index"]]
+            else:
+                mark(child, path)
+    mark(root, [])
+    return root

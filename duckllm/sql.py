@@ -1,0 +1,74 @@
+"""DuckDB glue: vectorised (Arrow) UDFs over the engine, and the SQL macros in sql_macros/.
+
+Each UDF receives a chunk of rows (up to 2048), groups them by their arguments, builds one
+task per group, and hands the group's texts to the engine in one call. Knows nothing of llama.cpp.
+"""
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pyarrow as pa
+
+from .engine import Engine
+from .home import package_data
+from .tasks import classify, clean
+
+CLASSIFY_TYPE = pa.struct([("label", pa.string()), ("confidence", pa.float64()), ("note", pa.string())])
+CLEAN_TYPE = pa.struct([("value", pa.string()), ("confidence", pa.float64()), ("changed", pa.bool_()),
+                        ("note", pa.string())])
+
+
+def _duckdb_type(arrow_type: pa.StructType) -> str:
+    names = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
+    return "STRUCT(" + ", ".join(f"{f.name} {names[f.type]}" for f in arrow_type) + ")"
+
+
+def _vectorised(engine: Engine, build, result_type: pa.StructType):
+    """An Arrow UDF (text, args_json) -> STRUCT making one engine call per distinct args."""
+    tasks = {}
+
+    def udf(text, args):
+        texts, arg_values = text.to_pylist(), args.to_pylist()
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(texts):
+            if t is not None:
+                groups.setdefault(arg_values[i], []).append(i)
+        results = [None] * len(texts)
+        for key, rows in groups.items():
+            if key not in tasks:
+                tasks[key] = build(json.loads(key) if key else {})
+            for i, r in zip(rows, engine.run(tasks[key], [texts[i] for i in rows])):
+                results[i] = r
+        return pa.array(results, type=result_type)
+
+    return udf
+
+
+FUNCTIONS = {
+    # SQL name: (task builder taking the macro's JSON arguments, result type)
+    "__duckllm_classify": (classify.from_sql, CLASSIFY_TYPE),
+    "__duckllm_clean": (clean.from_sql, CLEAN_TYPE),
+}
+
+
+def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: Engine | None = None):
+    """Add duckllm's functions and macros to an open DuckDB connection; returns it."""
+    engine = engine or Engine(model)
+    for name, (build, result_type) in FUNCTIONS.items():
+        try:
+            con.remove_function(name)
+        except (duckdb.InvalidInputException, duckdb.CatalogException):
+            pass
+        con.create_function(name, _vectorised(engine, build, result_type), ["VARCHAR", "VARCHAR"],
+                            _duckdb_type(result_type), type="arrow", null_handling="special",
+                            side_effects=False)
+    for script in sorted(package_data("sql_macros").glob("*.sql")):
+        con.execute(script.read_text())
+    return con
+
+
+def connect(database: str = ":memory:", model: str | None = None, **kwargs) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with duckllm's functions; model is a catalog name or .gguf path."""
+    return register(duckdb.connect(database, **kwargs), model=model)
+
