@@ -13,18 +13,27 @@ from .runtime import Runtime
 from .tasks import Choose, Task
 
 
-def _load_llama(path, fmt: Format | None) -> Runtime:
+_loaded: dict[tuple, Runtime] = {}
+_loaded_lock = threading.Lock()
+
+
+def load_llama(path, fmt: Format | None) -> Runtime:
+    """The process's one runtime for a model file: loaded on first use, then shared."""
     from .runtime.llama import LlamaRuntime
-    return LlamaRuntime(path, fmt,
-                        n_ctx=int(os.environ.get("DUCKLLM_CONTEXT", 4096)),
-                        n_parallel=int(os.environ.get("DUCKLLM_PARALLEL", 16)))
+    key = (str(path), fmt)
+    with _loaded_lock:
+        if key not in _loaded:
+            _loaded[key] = LlamaRuntime(path, fmt,
+                                        n_ctx=int(os.environ.get("DUCKLLM_CONTEXT", 4096)),
+                                        n_parallel=int(os.environ.get("DUCKLLM_PARALLEL", 16)))
+        return _loaded[key]
 
 
 class Engine:
-    """Runs tasks on runtimes, loading each model once, lazily, on first use."""
+    """Runs tasks on runtimes; each model is loaded lazily, on first use."""
 
     def __init__(self, model: str | None = None,
-                 load: Callable[[object, Format | None], Runtime] = _load_llama):
+                 load: Callable[[object, Format | None], Runtime] = load_llama):
         self.default_model = model
         self._load = load
         self._runtimes: dict[str, Runtime] = {}

@@ -52,17 +52,32 @@ FUNCTIONS = {
 }
 
 
+_process_engine: Engine | None = None
+
+
+def default_engine() -> Engine:
+    """One engine per process, so every connection shares the loaded models."""
+    global _process_engine
+    if _process_engine is None:
+        _process_engine = Engine()
+    return _process_engine
+
+
 def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: Engine | None = None):
-    """Add duckllm's functions and macros to an open DuckDB connection; returns it."""
-    engine = engine or Engine(model)
+    """Add duckllm's functions to an open DuckDB connection (or cursor) and return it.
+
+    The UDFs belong to the database instance and are created once; the macros are TEMP, so
+    each connection or cursor registers its own. model sets this connection's default model.
+    """
+    existing = {row[0] for row in con.execute(
+        "SELECT function_name FROM duckdb_functions() WHERE function_name LIKE '__duckllm_%'").fetchall()}
+    engine = engine or default_engine()
     for name, (build, result_type) in FUNCTIONS.items():
-        try:
-            con.remove_function(name)
-        except (duckdb.InvalidInputException, duckdb.CatalogException):
-            pass
-        con.create_function(name, _vectorised(engine, build, result_type), ["VARCHAR", "VARCHAR"],
-                            _duckdb_type(result_type), type="arrow", null_handling="special",
-                            side_effects=False)
+        if name not in existing:
+            con.create_function(name, _vectorised(engine, build, result_type), ["VARCHAR", "VARCHAR"],
+                                _duckdb_type(result_type), type="arrow", null_handling="special",
+                                side_effects=False)
+    con.execute("SET VARIABLE duckllm_model = ?", [model])
     for script in sorted(package_data("sql_macros").glob("*.sql")):
         con.execute(script.read_text())
     return con
@@ -71,4 +86,3 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: E
 def connect(database: str = ":memory:", model: str | None = None, **kwargs) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with duckllm's functions; model is a catalog name or .gguf path."""
     return register(duckdb.connect(database, **kwargs), model=model)
-

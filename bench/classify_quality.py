@@ -1,0 +1,132 @@
+"""Classification quality and speed of duckllm's llm_classify, per model, on public datasets.
+
+For each model and dataset: a fixed-seed sample of rows goes through llm_classify in DuckDB;
+we report accuracy, invalid answers, confidence AUROC for both confidence methods, and rows/s.
+--baseline adds the same model asked in free text with a plain chat prompt (one chat completion
+per row, reply matched to a label), as a tool without constrained decoding would do.
+
+    python bench/classify_quality.py --models smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b \
+        --datasets sms_spam,ag_news,banking77 --limit 100 --baseline
+
+Reads the suite at run time (--suite, default ../shared/data); copies none of its rows.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import duckllm
+from duckllm import store
+from duckllm.confidence import auroc, mean_token_prob
+
+SEED = 20261124
+DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Bare labels mean little to a small model; a user would describe them the same way.
+DESCRIPTIONS = {
+    "sms_spam": {"ham": "an ordinary personal message between people (not spam)",
+                 "spam": "unsolicited advertising, a prize, offer or scam message"},
+}
+
+
+def sample(suite: Path, name: str, limit: int):
+    manifest = json.loads((suite / "datasets.json").read_text())[name]
+    with open(suite / manifest["file"], newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    labels = (suite / manifest["labels_file"]).read_text().splitlines()
+    rows = random.Random(SEED).sample(rows, min(limit, len(rows)))
+    return [r["text"] for r in rows], [r["label"] for r in rows], [l for l in labels if l]
+
+
+def run_duckllm(model: str, texts, labels, descriptions):
+    """llm_classify through DuckDB; timed on the default confidence, then again for the other."""
+    con = duckllm.connect(model=model)
+    con.execute("CREATE TABLE t AS SELECT unnest($texts) AS text, generate_subscripts($texts, 1) AS i",
+                {"texts": texts})
+    con.execute("SELECT llm_classify('hello', ['a', 'b'])").fetchall()  # load the model untimed
+    params = {"labels": labels, "desc": descriptions or None}
+    query = """SELECT i, r.label, r.confidence FROM (
+                 SELECT i, llm_classify(text, $labels, descriptions := $desc, confidence := '{}') AS r
+                 FROM t) ORDER BY i"""
+    start = time.perf_counter()
+    rows = con.execute(query.format("mean_token"), params).fetchall()
+    seconds = time.perf_counter() - start
+    choice = con.execute(query.format("choice"), params).fetchall()
+    assert [r[1] for r in rows] == [r[1] for r in choice]
+    return [r[1] for r in rows], [r[2] for r in rows], [r[2] for r in choice], seconds
+
+
+def run_free_text(model: str, texts, labels, descriptions):
+    """The same model asked in free text, one chat completion per row, reply matched to a label."""
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(store.resolve(model)), n_ctx=2048, logits_all=True, verbose=False)
+    listing = "\n".join(f"- {l}: {descriptions[l]}" if l in descriptions else f"- {l}" for l in labels)
+    system = f"Classify the text into one of these labels:\n{listing}\nAnswer with the label only."
+    normal = {_norm(l): l for l in labels}
+    predictions, confidences = [], []
+    start = time.perf_counter()
+    for text in texts:
+        out = llm.create_chat_completion(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
+            max_tokens=24, temperature=0.0, logprobs=True)
+        choice = out["choices"][0]
+        predictions.append(normal.get(_norm(choice["message"]["content"])))
+        logprobs = [t["logprob"] for t in (choice.get("logprobs") or {}).get("content", [])]
+        confidences.append(mean_token_prob(logprobs) or 0.0)
+    return predictions, confidences, time.perf_counter() - start
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
+    ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b")
+    ap.add_argument("--datasets", default="sms_spam,ag_news,banking77")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--baseline", action="store_true", help="also ask in free text (slow)")
+    ap.add_argument("--json", type=Path, help="write the rows of the table here too")
+    args = ap.parse_args()
+    if not (args.suite / "datasets.json").exists():
+        sys.exit(f"no suite at {args.suite}; pass --suite DIR holding datasets.json")
+
+    header = ("model", "dataset", "method", "rows", "accuracy", "invalid", "auroc_mean_token",
+              "auroc_choice", "rows_per_s")
+    table = []
+    for model in args.models.split(","):
+        for name in args.datasets.split(","):
+            texts, gold, labels = sample(args.suite, name, args.limit)
+            desc = DESCRIPTIONS.get(name, {})
+            pred, conf_mean, conf_choice, secs = run_duckllm(model, texts, labels, desc)
+            right = [p == g for p, g in zip(pred, gold)]
+            table.append((model, name, "duckllm", len(texts), sum(right) / len(texts),
+                          sum(p not in labels for p in pred), auroc(conf_mean, right),
+                          auroc(conf_choice, right), len(texts) / secs))
+            print(_fmt(table[-1]), file=sys.stderr, flush=True)
+            if args.baseline:
+                pred, conf, secs = run_free_text(model, texts, labels, desc)
+                right = [p == g for p, g in zip(pred, gold)]
+                table.append((model, name, "free text", len(texts), sum(right) / len(texts),
+                              sum(p is None for p in pred), auroc(conf, right), None, len(texts) / secs))
+                print(_fmt(table[-1]), file=sys.stderr, flush=True)
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in table:
+        print(_fmt(row))
+    if args.json:
+        args.json.write_text(json.dumps([dict(zip(header, r)) for r in table], indent=1))
+
+
+def _fmt(row) -> str:
+    return "| " + " | ".join("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The duckllm command: a thin click client of the library."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import duckdb
+
+from . import catalog, store
+from .errors import DuckLLMError
+
+
+def _connect(db: str | None, model: str | None):
+    from .sql import connect
+    return connect(db or ":memory:", model=model)
+
+
+def run_statements(con, sql: str) -> None:
+    """Run every statement; print the result of each that returns rows, duckbox style."""
+    statements = con.extract_statements(sql)
+    if not statements:
+        raise click.UsageError("no SQL statement given")
+    for statement in statements:
+        if statement.expected_result_type == [duckdb.ExpectedResultType.QUERY_RESULT]:
+            con.sql(statement.query).show(max_rows=10_000, max_width=10_000)
+        else:  # DDL, INSERT, SET: like the duckdb shell, print nothing
+            con.execute(statement.query)
+
+
+def user_message(error: Exception) -> str:
+    """DuckDB wraps a UDF's exception in its own words; keep only ours where it is one of ours."""
+    text = str(error)
+    for kind in ("ArgumentError: ", "ModelError: ", "DuckLLMError: "):
+        if kind in text:
+            return text.split(kind, 1)[1]
+    return text
+
+
+@click.group()
+@click.version_option(package_name="duckllm")
+def main():
+    """LLM labeling, cleaning and enrichment as DuckDB SQL functions."""
+
+
+@main.command()
+@click.argument("query", required=False)
+@click.option("-f", "--file", "file", type=click.Path(exists=True, dir_okay=False), help="Read SQL from a file.")
+@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB database file (default: in memory).")
+@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+def sql(query, file, db, model):
+    """Run SQL with duckllm's functions and print the results."""
+    if (query is None) == (file is None):
+        raise click.UsageError("give a QUERY or -f FILE")
+    text = Path(file).read_text() if file else query
+    with _errors():
+        run_statements(_connect(db, model), text)
+
+
+@main.command()
+@click.argument("db", required=False)
+@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+def shell(db, model):
+    """Interactive SQL prompt with duckllm's functions loaded."""
+    from .shell import Shell
+    with _errors():
+        Shell(_connect(db, model)).loop()
+
+
+@main.group()
+def models():
+    """List, fetch and locate models."""
+
+
+@models.command("list")
+def models_list():
+    """Known models, their size and licence, and whether they are downloaded."""
+    click.echo(f"{'name':22} {'size':>9}  {'licence':14} {'local':6} description")
+    for spec in catalog.models().values():
+        local = "yes" if (store.models_dir() / spec.file).is_file() else "no"
+        size = f"{spec.size / 1e6:.0f} MB" if spec.size else "?"
+        default = " (default)" if spec.name == catalog.DEFAULT_MODEL else ""
+        click.echo(f"{spec.name:22} {size:>9}  {spec.license:14} {local:6} {spec.description}{default}")
+
+
+@models.command("pull")
+@click.argument("name")
+def models_pull(name):
+    """Fetch a model into the cache and verify it."""
+    with _errors():
+        spec = catalog.get(name)
+        path = store.models_dir() / spec.file
+        problem = store.verify(path, spec)
+        if problem is None:
+            click.echo(f"{spec.name} is already here and verified (licence {spec.license})", err=True)
+            if spec.license_note:
+                click.echo(spec.license_note, err=True)
+        else:
+            path = store.pull(spec)
+        click.echo(str(path))
+
+
+@models.command("path")
+@click.argument("name", required=False)
+def models_path(name):
+    """Print the local .gguf path of NAME (default model when omitted), fetching it if needed."""
+    with _errors():
+        click.echo(str(store.resolve(name)))
+
+
+@main.command()
+@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+def info(model):
+    """Load a model and say which device runs it and how many layers are offloaded."""
+    from .engine import Engine
+    with _errors():
+        details = Engine(model).runtime(model).describe()
+    for key, value in details.items():
+        click.echo(f"{key}: {value}")
+
+
+class _errors:
+    """Turn duckllm's and DuckDB's errors into one clean line and exit code 1."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if isinstance(error, (DuckLLMError, duckdb.Error)):
+            click.echo(f"Error: {user_message(error)}", err=True)
+            sys.exit(1)
+        if isinstance(error, KeyboardInterrupt):
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        return False
+
+
+if __name__ == "__main__":
+    main()

