@@ -1,0 +1,172 @@
+"""Every user-facing function on a real GGUF model (the smallest catalog model)."""
+import re
+import threading
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+import duckllm
+from duckllm.cli import main
+from duckllm.confidence import mean_token_prob
+from duckllm.prompt_format import FORMATS
+from duckllm.runtime.llama import LlamaRuntime
+from duckllm.tasks import classify
+
+from conftest import SMALL_MODEL
+
+pytestmark = pytest.mark.integration
+FIXTURES = Path(__file__).parent / "fixtures"
+LABELS = ["refund", "delivery", "account", "card_lost"]
+
+
+def test_classify_answers_inside_the_label_set(small_con):
+    rows = small_con.execute(f"""
+        SELECT id, text, llm_classify(text, {LABELS}) AS r
+        FROM read_csv('{FIXTURES / "tickets.csv"}') ORDER BY id""").fetchall()
+    assert len(rows) == 6
+    for id_, text, r in rows:
+        if text is None:
+            assert r is None
+            continue
+        assert r["label"] in LABELS and 0 < r["confidence"] <= 1 and r["note"] is None
+
+
+def test_descriptions_and_both_confidence_methods(small_con):
+    r1 = small_con.execute("""SELECT llm_classify('WIN a FREE cruise! text YES now', ['ham', 'spam'],
+        descriptions := {'ham': 'a normal personal message', 'spam': 'advertising or a scam'})""").fetchone()[0]
+    r2 = small_con.execute("""SELECT llm_classify('WIN a FREE cruise! text YES now', ['ham', 'spam'],
+        descriptions := {'ham': 'a normal personal message', 'spam': 'advertising or a scam'},
+        confidence := 'choice')""").fetchone()[0]
+    assert r1["label"] == r2["label"] and r1["confidence"] != r2["confidence"]
+
+
+@pytest.fixture(scope="module")
+def runtimes(small_model_path):
+    return LlamaRuntime(small_model_path, FORMATS["chatml"], n_parallel=1), \
+        LlamaRuntime(small_model_path, FORMATS["chatml"], n_parallel=8)
+
+
+def test_every_token_of_the_chosen_label_is_scored(runtimes):
+    runtime = runtimes[1]
+    labels = ["card_lost", "card_arrival", "card_payment_fee_charged"]
+    task = classify.build(labels)
+    prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+    texts = ["my card never came in the post", "someone stole my card", "why was I charged a card fee"]
+    for choice in runtime.choose(prompt, texts, labels):
+        label_tokens = runtime.tokenize(labels[choice.index])
+        assert len(choice.token_logprobs) == len(label_tokens) + 1  # the label and its end token
+        assert all(lp <= 0 for lp in choice.token_logprobs)
+
+
+def test_batched_rows_match_one_row_at_a_time(runtimes):
+    one, many = runtimes
+    task = classify.build(LABELS)
+    texts = [line.split(",", 1)[1] for line in (FIXTURES / "tickets.csv").read_text().splitlines()[1:]]
+    texts = [t for t in texts if t] * 3
+    prompt = one.format.split(list(task.messages), task.row_before, task.row_after)
+    a, b = one.choose(prompt, texts, task.request.options), many.choose(prompt, texts, task.request.options)
+    assert [c.index for c in a] == [c.index for c in b]
+    # llama.cpp's CPU kernels sum in a different order for other batch shapes; on this tiny
+    # model that moves a confidence by up to ~0.03 (issue 3 asks for 1e-3: not there yet)
+    for x, y in zip(a, b):
+        assert mean_token_prob(x.token_logprobs) == pytest.approx(mean_token_prob(y.token_logprobs), abs=0.05)
+
+
+def test_text_longer_than_the_context_is_truncated_and_flagged(small_con):
+    small_con.execute("CREATE TABLE t AS SELECT * FROM (VALUES (1, repeat('my parcel is late. ', 6000)), (2, 'refund me')) v(i, text)")
+    rows = small_con.execute(f"SELECT i, llm_classify(text, {LABELS}) FROM t ORDER BY i").fetchall()
+    assert rows[0][1]["label"] in LABELS and "truncated" in rows[0][1]["note"]
+    assert rows[1][1]["label"] in LABELS and rows[1][1]["note"] is None
+    clean = small_con.execute("SELECT llm_clean(text) FROM t WHERE i = 1").fetchone()[0]
+    assert clean["value"] is not None and "truncated" in clean["note"]
+
+
+def test_clean(small_con):
+    rows = small_con.execute("""SELECT t, llm_clean(t) FROM (VALUES ('teh  quick brwon fox'), ('Boston'),
+                                (NULL), ('  ')) v(t)""").fetchall()
+    for text, r in rows[:2]:
+        assert isinstance(r["value"], str) and 0 < r["confidence"] <= 1
+        assert r["changed"] == (r["value"] != text)
+    assert rows[2][1] is None and rows[3][1]["note"] == "empty text"
+    with_instructions = small_con.execute("SELECT llm_clean('5551234567', 'format US phone numbers as (555) 123-4567')").fetchone()[0]
+    assert isinstance(with_instructions["value"], str)
+
+
+def test_copy_to_parquet_on_several_threads_does_not_crash(small_con, tmp_path):
+    small_con.execute("SET threads = 4")
+    small_con.execute("CREATE TABLE many AS SELECT 'ticket ' || (i % 40) || ': my card is lost' AS text FROM range(3000) r(i)")
+    out = tmp_path / "labels.parquet"
+    small_con.execute(f"COPY (SELECT text, llm_classify(text, {LABELS}) AS r FROM many) TO '{out}'")
+    n, labels = duckdb.execute(f"SELECT count(*), count(DISTINCT r.label) FROM '{out}'").fetchone()
+    assert n == 3000 and labels >= 1
+
+
+def test_cursors_on_threads_share_the_model(small_con):
+    errors, results = [], []
+
+    def worker(i):
+        try:
+            cur = duckllm.register(small_con.cursor(), model=SMALL_MODEL)
+            results.append(cur.execute(f"SELECT llm_classify('ticket {i}: refund me', {LABELS}).label").fetchone()[0])
+        except Exception as e:
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(results) == 4 and set(results) <= set(LABELS)
+
+
+def test_register_on_an_existing_connection():
+    con = duckdb.connect()
+    con.execute("CREATE TABLE notes AS SELECT 'the delivery is late' AS t")
+    duckllm.register(con, model=SMALL_MODEL)
+    assert con.execute(f"SELECT llm_classify(t, {LABELS}).label FROM notes").fetchone()[0] in LABELS
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (b"not a model at all", "not a GGUF"),
+    (b"GGUF" + b"\x00" * 64, "could not load"),
+])
+def test_a_missing_or_corrupt_model_file_is_a_clear_error(small_con, tmp_path, content, message):
+    path = tmp_path / "broken.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(duckdb.Error, match=message):
+        small_con.execute(f"SELECT llm_classify('x', ['a'], model := '{path}')").fetchall()
+    assert small_con.execute(f"SELECT llm_classify('refund me', {LABELS}).label").fetchone()[0] in LABELS
+
+
+def test_cli_sql_prints_a_table(small_model_path):
+    result = CliRunner().invoke(main, ["sql", "--model", SMALL_MODEL,
+                                       f"SELECT llm_classify('refund me', {LABELS}).label AS label"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"│\s+label\s+│", result.output) and any(l in result.output for l in LABELS)
+
+
+def test_cli_sql_errors_are_one_clean_line(small_model_path):
+    result = CliRunner().invoke(main, ["sql", "--model", SMALL_MODEL, "SELECT llm_classify('x', [])"])
+    assert result.exit_code == 1
+    assert result.output.strip().endswith("labels is an empty list; pass at least one label, such as ['refund', 'delivery']")
+
+
+def test_cli_models_path_prints_the_file_last(small_model_path):
+    result = CliRunner().invoke(main, ["models", "path", SMALL_MODEL])
+    assert result.exit_code == 0 and result.output.strip().splitlines()[-1] == str(small_model_path)
+
+
+def test_cli_info_names_the_device(small_model_path):
+    result = CliRunner().invoke(main, ["info", "--model", SMALL_MODEL])
+    assert result.exit_code == 0 and re.search(r"device: (cpu|gpu)", result.output)
+    assert "gpu_layers_offloaded:" in result.output
+
+
+def test_shell_runs_multi_line_statements_and_dot_commands(small_model_path):
+    script = "CREATE TABLE t AS SELECT 'refund me' AS text;\nSELECT llm_classify(text,\n  " + \
+             str(LABELS) + ").label AS label\nFROM t;\n.tables\nSELECT llm_classify('x', NULL);\n.quit\n"
+    result = CliRunner().invoke(main, ["shell", "--model", SMALL_MODEL], input=script)
+    assert result.exit_code == 0, result.output
+    assert "label" in result.output and "│ t " in result.output.replace("│ t  ", "│ t ")
+    assert "Error: llm_classify: labels is NULL" in result.output
