@@ -73,7 +73,7 @@ def run_free_text(model: str, texts, labels, descriptions):
     for text in texts:
         out = llm.create_chat_completion(
             messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
-            max_tokens=24, temperature=0.0, logprobs=True)
+            max_tokens=24, temperature=0.0, logprobs=True, top_logprobs=1)
         choice = out["choices"][0]
         predictions.append(normal.get(_norm(choice["message"]["content"])))
         logprobs = [t["logprob"] for t in (choice.get("logprobs") or {}).get("content", [])]

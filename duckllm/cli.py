@@ -108,6 +108,31 @@ def models_path(name):
         click.echo(str(store.resolve(name)))
 
 
+@main.group()
+def cache():
+    """The persistent result cache."""
+
+
+@cache.command("stats")
+def cache_stats():
+    """Cached results per function, and where the cache lives."""
+    from .cache import ResultCache
+    store_ = ResultCache()
+    rows = store_.stats()
+    size = store_.path.stat().st_size if store_.path.exists() else 0
+    click.echo(f"cache: {store_.path} ({size / 1e6:.1f} MB)")
+    for function, n in rows:
+        click.echo(f"{function:20} {n:>10,} results")
+    click.echo(f"{'total':20} {sum(n for _, n in rows):>10,} results")
+
+
+@cache.command("clear")
+def cache_clear():
+    """Delete every cached result."""
+    from .cache import ResultCache
+    click.echo(f"removed {ResultCache().clear():,} cached results")
+
+
 @main.command()
 @click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
 def info(model):

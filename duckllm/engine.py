@@ -1,17 +1,21 @@
 """The engine applies a task to a column of texts: NULLs and empty texts, identical texts, the
-model to use, and the runtime calls. It knows nothing of DuckDB; the SQL layer calls it.
+result cache, the model to use, progress and statistics. It knows nothing of DuckDB; the SQL
+layer calls it.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Callable, Sequence
 
 from . import catalog, store
+from .cache import ResultCache, key_of
+from .progress import Progress
 from .prompt_format import FORMATS, Format
 from .runtime import Runtime
+from .stats import STATS
 from .tasks import Choose, Task
-
 
 _loaded: dict[tuple, Runtime] = {}
 _loaded_lock = threading.Lock()
@@ -29,33 +33,57 @@ def load_llama(path, fmt: Format | None) -> Runtime:
         return _loaded[key]
 
 
+def cache_enabled() -> bool:
+    return os.environ.get("DUCKLLM_CACHE", "on").lower() not in ("0", "off", "false", "no")
+
+
 class Engine:
     """Runs tasks on runtimes; each model is loaded lazily, on first use."""
 
+    SLICE = 64  # rows per runtime call: finished rows reach the cache at least this often
+
     def __init__(self, model: str | None = None,
-                 load: Callable[[object, Format | None], Runtime] = load_llama):
+                 load: Callable[[object, Format | None], Runtime] = load_llama,
+                 cache: ResultCache | None = None):
         self.default_model = model
         self._load = load
+        self._cache = cache
         self._runtimes: dict[str, Runtime] = {}
+        self._models: dict[str, tuple[object, str]] = {}   # name -> (path, identity for cache keys)
         self._loading = threading.Lock()
 
+    @property
+    def cache(self) -> ResultCache:
+        if self._cache is None:
+            self._cache = ResultCache()
+        return self._cache
+
+    def _model(self, name: str | None) -> tuple[str, object, str]:
+        name = name or self.default_model or catalog.DEFAULT_MODEL
+        with self._loading:
+            if name not in self._models:
+                path = store.resolve(name)
+                self._models[name] = (path, store.identity(path))
+            return (name, *self._models[name])
+
     def runtime(self, model: str | None = None) -> Runtime:
-        name = model or self.default_model or catalog.DEFAULT_MODEL
+        name, path, _ = self._model(model)
         with self._loading:
             if name not in self._runtimes:
-                path = store.resolve(name)
-                self._runtimes[name] = self._load(path, self._format_of(name, path))
+                self._runtimes[name] = self._load(path, self._format_of(name))
             return self._runtimes[name]
 
     @staticmethod
-    def _format_of(name: str, path) -> Format | None:
+    def _format_of(name: str) -> Format | None:
         """The catalog's prompt format; None lets the runtime read it from the GGUF file."""
         spec = None if store.is_path(name) else catalog.lookup(name)
         return FORMATS[spec.prompt_format] if spec else None
 
-    def run(self, task: Task, texts: Sequence[str | None]) -> list[dict | None]:
+    def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None) -> list[dict | None]:
         """One result per text: None for NULL, task.empty for blank, else the model's answer.
-        Identical texts are answered once."""
+        Identical texts are answered once; cached answers are not recomputed."""
+        started = time.perf_counter()
+        use_cache = cache_enabled() if use_cache is None else use_cache
         results: list[dict | None] = [None] * len(texts)
         positions: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
@@ -65,21 +93,56 @@ class Engine:
                 results[i] = dict(task.empty)
                 continue
             positions.setdefault(text, []).append(i)
-        if not positions:
-            return results
-        distinct = list(positions)
-        answers = self._ask(task, distinct)
-        for text, answer in zip(distinct, answers):
-            result = task.read(answer, text)
+        n_rows = sum(len(p) for p in positions.values())
+        STATS.add(calls=1, rows=len(texts), dedup_hits=n_rows - len(positions))
+
+        def deliver(text: str, result: dict) -> None:
             for i in positions[text]:
                 results[i] = dict(result)
+
+        todo = list(positions)
+        if todo:
+            _, _, model_id = self._model(task.model)
+            keys = {text: key_of(model_id, task.key, text) for text in todo}
+            if use_cache:
+                cached = self.cache.get_many(list(keys.values()))
+                for text in todo:
+                    if keys[text] in cached:
+                        deliver(text, cached[keys[text]])
+                STATS.add(cache_hits=sum(keys[t] in cached for t in todo))
+                todo = [t for t in todo if keys[t] not in cached]
+            if todo:
+                self._compute(task, todo, keys, deliver, use_cache)
+        STATS.add(seconds=time.perf_counter() - started)
         return results
 
-    def _ask(self, task: Task, texts: list[str]):
+    def _compute(self, task: Task, texts: list[str], keys: dict[str, str], deliver, use_cache: bool) -> None:
         runtime = self.runtime(task.model)
+        STATS.set(device=runtime.describe().get("device", "?"))
         prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+        progress = Progress(task.name, total=len(texts))
+        try:
+            for start in range(0, len(texts), self.SLICE):
+                part = texts[start:start + self.SLICE]
+                before = (runtime.usage.prompt_tokens, runtime.usage.generated_tokens)
+                answers = self._ask(runtime, prompt, task, part)
+                STATS.add(model_rows=len(part),
+                          prompt_tokens=runtime.usage.prompt_tokens - before[0],
+                          generated_tokens=runtime.usage.generated_tokens - before[1])
+                finished = []
+                for text, answer in zip(part, answers):
+                    result = task.read(answer, text)
+                    deliver(text, result)
+                    finished.append((keys[text], result))
+                if use_cache:
+                    self.cache.put_many(task.name, finished)
+                progress.advance(len(part))
+        finally:
+            progress.close()
+
+    @staticmethod
+    def _ask(runtime: Runtime, prompt, task: Task, texts: list[str]):
         request = task.request
         if isinstance(request, Choose):
             return runtime.choose(prompt, texts, request.options)
         return runtime.generate(prompt, texts, request.max_tokens, request.per_input_token)
-

@@ -11,12 +11,17 @@ import duckdb
 import pyarrow as pa
 
 from .engine import Engine
+from .stats import FIELDS, STATS
 from .home import package_data
 from .tasks import classify, clean
 
 CLASSIFY_TYPE = pa.struct([("label", pa.string()), ("confidence", pa.float64()), ("note", pa.string())])
 CLEAN_TYPE = pa.struct([("value", pa.string()), ("confidence", pa.float64()), ("changed", pa.bool_()),
                         ("note", pa.string())])
+
+
+STATS_TYPE = "STRUCT(" + ", ".join(
+    f"{name} {dict(int='BIGINT', float='DOUBLE', str='VARCHAR')[kind.__name__]}" for name, kind in FIELDS.items()) + ")"
 
 
 def _duckdb_type(arrow_type: pa.StructType) -> str:
@@ -37,8 +42,11 @@ def _vectorised(engine: Engine, build, result_type: pa.StructType):
         results = [None] * len(texts)
         for key, rows in groups.items():
             if key not in tasks:
-                tasks[key] = build(json.loads(key) if key else {})
-            for i, r in zip(rows, engine.run(tasks[key], [texts[i] for i in rows])):
+                arguments = json.loads(key) if key else {}
+                use_cache = arguments.pop("cache", None)
+                tasks[key] = (build(arguments), None if use_cache is None else bool(use_cache))
+            task, use_cache = tasks[key]
+            for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache)):
                 results[i] = r
         return pa.array(results, type=result_type)
 
@@ -70,13 +78,15 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: E
     each connection or cursor registers its own. model sets this connection's default model.
     """
     existing = {row[0] for row in con.execute(
-        "SELECT function_name FROM duckdb_functions() WHERE function_name LIKE '__duckllm_%'").fetchall()}
+        "SELECT function_name FROM duckdb_functions() WHERE function_name LIKE '\\_\\_duckllm\\_%' ESCAPE '\\'").fetchall()}
     engine = engine or default_engine()
     for name, (build, result_type) in FUNCTIONS.items():
         if name not in existing:
             con.create_function(name, _vectorised(engine, build, result_type), ["VARCHAR", "VARCHAR"],
                                 _duckdb_type(result_type), type="arrow", null_handling="special",
                                 side_effects=False)
+    if "__duckllm_stats" not in existing:
+        con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
     con.execute("SET VARIABLE duckllm_model = ?", [model])
     for script in sorted(package_data("sql_macros").glob("*.sql")):
         con.execute(script.read_text())

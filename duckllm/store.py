@@ -1,8 +1,8 @@
 """Local model files: resolve a name or path to a verified .gguf, fetching it when needed.
 
 A file is used only after its size, GGUF magic and sha256 check out. The hash is costly for
-large files, so a verified file gets a stamp (size, mtime, sha256) beside it; a file whose size
-or mtime no longer match its stamp is hashed again.
+large files, so it is remembered in a stamp (size, mtime, sha256) under the duckllm home; a file
+whose size or mtime no longer match its stamp is hashed again. The hash also keys cached results.
 """
 from __future__ import annotations
 
@@ -84,16 +84,36 @@ def verify(path: Path, spec: ModelSpec) -> str | None:
         check_magic(path)
     except ModelError:
         return "is not a GGUF file"
-    stamp = path.with_name(path.name + ".verified")
-    stamped = stamp.read_text().split() if stamp.exists() else []
-    current = [str(stat.st_size), str(stat.st_mtime_ns)]
-    if stamped[:2] == current and (spec.sha256 is None or stamped[2:] == [spec.sha256]):
-        return None
-    digest = sha256_of(path)
+    digest = identity(path)
     if spec.sha256 is not None and digest != spec.sha256:
+        _stamp_file(path).unlink(missing_ok=True)
         return f"has sha256 {digest}, expected {spec.sha256} (corrupt)"
-    stamp.write_text(" ".join(current + [digest]))
     return None
+
+
+def identity(path: Path) -> str:
+    """A model file's sha256, hashed once per version of the file (size and mtime)."""
+    path = Path(path)
+    stat = path.stat()
+    current = [str(stat.st_size), str(stat.st_mtime_ns)]
+    stamp = _stamp_file(path)
+    stamped = stamp.read_text().split() if stamp.exists() else []
+    if stamped[:2] == current and len(stamped) == 3:
+        return stamped[2]
+    digest = sha256_of(path)
+    try:
+        stamp.write_text(" ".join(current + [digest]))
+    except OSError:
+        pass  # an unwritable home only costs a re-hash next time
+    return digest
+
+
+def _stamp_file(path: Path) -> Path:
+    """Where the hash of a model file is remembered: in the home, so read-only folders work too."""
+    folder = home() / "stamps"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
+    return folder / name
 
 
 def check_magic(path: Path) -> None:

@@ -1,11 +1,22 @@
 import pytest
 
 import duckllm
+from duckllm import cache, sql
 from duckllm.engine import Engine
+from duckllm.stats import STATS
 
 from fakes import FakeRuntime
 
 SMALL_MODEL = "smollm2-135m"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache_and_stats(tmp_path, monkeypatch):
+    """Each test starts with an empty result cache of its own and zeroed counters: the user's
+    cache is never touched, and a model test really runs the model."""
+    monkeypatch.setattr(cache, "default_path", lambda: tmp_path / "cache.sqlite")
+    monkeypatch.setattr(sql, "_process_engine", None)
+    STATS.reset()
 
 
 @pytest.fixture
@@ -14,10 +25,11 @@ def fake_runtime():
 
 
 @pytest.fixture
-def fake_con(fake_runtime):
+def fake_con(fake_runtime, tmp_path):
     """A DuckDB connection whose llm_* functions run on the fake runtime."""
     return duckllm.register(__import__("duckdb").connect(), model="fake",
-                            engine=Engine(load=lambda path, fmt: fake_runtime))
+                            engine=Engine(load=lambda path, fmt: fake_runtime,
+                                          cache=cache.ResultCache(tmp_path / "fake-cache.sqlite")))
 
 
 @pytest.fixture(autouse=True)
@@ -26,8 +38,9 @@ def _fake_model_resolves(monkeypatch, request):
     if "integration" in request.keywords:
         return
     from duckllm import store
-    real = store.resolve
-    monkeypatch.setattr(store, "resolve", lambda name=None, **kw: "fake.gguf" if name == "fake" else real(name, **kw))
+    real_resolve, real_identity = store.resolve, store.identity
+    monkeypatch.setattr(store, "resolve", lambda name=None, **kw: "fake.gguf" if name == "fake" else real_resolve(name, **kw))
+    monkeypatch.setattr(store, "identity", lambda path: "fake-sha" if str(path) == "fake.gguf" else real_identity(path))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,55 @@
+"""Progress of long work on stderr: rows done, total, rows/s and ETA.
+
+Shown only when stderr is a terminal, after the work has run a second, and not when
+DUCKLLM_PROGRESS=0. Results stay alone on stdout (DuckDB's own progress bar writes there).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+SHOW_AFTER_S = 1.0
+
+
+def _enabled(stream) -> bool:
+    if os.environ.get("DUCKLLM_PROGRESS", "").lower() in ("0", "off", "false", "no"):
+        return False
+    return os.environ.get("DUCKLLM_PROGRESS", "").lower() in ("1", "on", "true", "yes") or stream.isatty()
+
+
+class Progress:
+    def __init__(self, label: str, total: int | None = None, stream=None):
+        self.label, self.total, self.done = label, total, 0
+        self.stream = stream or sys.stderr
+        self.enabled = _enabled(self.stream)
+        self.started = time.perf_counter()
+        self.shown = False
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        elapsed = time.perf_counter() - self.started
+        if not self.enabled or elapsed < SHOW_AFTER_S:
+            return
+        self.stream.write("\r" + self.line(elapsed) + "\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def line(self, elapsed: float) -> str:
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        text = f"duckllm: {self.label} {self.done:,}"
+        if self.total:
+            text += f"/{self.total:,} rows"
+            if rate > 0 and self.done < self.total:
+                eta = int((self.total - self.done) / rate)
+                text += f"  {rate:.1f} rows/s  ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+            else:
+                text += f"  {rate:.1f} rows/s"
+        else:
+            text += f" rows  {rate:.1f} rows/s"
+        return text
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
