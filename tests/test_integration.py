@@ -60,6 +60,25 @@ def test_every_token_of_the_chosen_label_is_scored(runtimes):
         assert all(lp <= 0 for lp in choice.token_logprobs)
 
 
+@pytest.mark.parametrize("labels", [
+    ["yes", "no", "Yes", "No"],
+    ["The answer is: no", "The answer is: yes", "yes", "no"],   # a long shared prefix, then a branch
+])
+def test_constrained_decoding_agrees_with_free_decoding_when_that_lands_on_a_label(runtimes, labels):
+    runtime = runtimes[1]
+    task = classify.build(labels)
+    prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+    texts = ["win a free prize now", "see you at lunch", "I ordered a burger", "my card never came",
+             "I love this, great!", "terrible, awful", "the football match", "the election"]
+    free = runtime.generate(prompt, texts, 8)
+    chosen = runtime.choose(prompt, texts, labels)
+    landed = [(f, c) for f, c in zip(free, chosen) if f.text in labels]
+    assert landed, "the model never answered with a label; pick other texts"
+    for f, c in landed:
+        assert labels[c.index] == f.text
+        assert c.token_logprobs == pytest.approx(f.token_logprobs, abs=1e-3)
+
+
 def test_batched_rows_match_one_row_at_a_time(runtimes):
     one, many = runtimes
     task = classify.build(LABELS)

@@ -312,12 +312,13 @@ class LlamaRuntime:
         row.token_logprobs.append(float(lp[pick]))
         row.choice_logprob += float(lp[pick] - _logsumexp(lp[allowed]))
         row.node = children[pick]
-        if "index" in row.node:          # determined: one option left below this node
-            rest = row.node["path"][len(row.token_logprobs):]
-            row.done = True
-            if rest:                      # feed all but the last scored token to get their logits
-                fed = [pick] + rest[:-1]
-                feeds.append((row, fed))
+        if "index" not in row.node:       # options still diverge below: decode the next token
+            feeds.append((row, [pick]))
+            return
+        row.done = True                   # determined: one option left below this node
+        rest = row.node["path"][len(row.token_logprobs):]
+        if rest:                          # feed all but the last token, only to score the rest
+            feeds.append((row, [pick] + rest[:-1]))
 
     def _step_generate(self, row: _Row, feeds) -> None:
         lp = row.logprobs

@@ -1,0 +1,150 @@
+"""Throughput of llm_classify against a naive loop, in one run, on fresh texts.
+
+Phases (same model, same labels, same instructions):
+  naive       llama-cpp-python chat completion per row (its own process, so RSS is its own)
+  cold        duckllm over N distinct texts, empty result cache
+  10%-distinct  N rows holding N/10 distinct texts not seen before
+  warm        the cold query again (answers from the cache)
+The prompt-eval limit is the distinct rows' text tokens over the model's prompt-eval tokens/s
+(measured here on a 512-token batch): no labeler can beat it without skipping text.
+
+    python bench/throughput.py --rows 200 [--model qwen2.5-coder-1.5b] [--dataset banking77]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
+SEED = 20261124
+
+
+def load_rows(suite: Path, dataset: str):
+    manifest = json.loads((suite / "datasets.json").read_text())[dataset]
+    with open(suite / manifest["file"], newline="", encoding="utf-8") as f:
+        texts = [r["text"] for r in csv.DictReader(f)]
+    labels = [l for l in (suite / manifest["labels_file"]).read_text().splitlines() if l]
+    random.Random(SEED).shuffle(texts)
+    return texts, labels
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def naive(model_path: str, texts, labels, queue):
+    """What a user without duckllm writes: one chat completion per row, reply matched to a label."""
+    from llama_cpp import Llama
+    from duckllm.tasks import classify
+    system = classify.build(labels).messages[0][1]
+    llm = Llama(model_path=model_path, n_ctx=4096, n_threads=_threads(), verbose=False)
+    norm = lambda s: re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
+    known = {norm(l) for l in labels}
+    start = time.perf_counter()
+    invalid = 0
+    for text in texts:
+        out = llm.create_chat_completion(messages=[{"role": "system", "content": system},
+                                                   {"role": "user", "content": "Text: " + text}],
+                                         max_tokens=16, temperature=0.0)
+        invalid += norm(out["choices"][0]["message"]["content"]) not in known
+    queue.put((len(texts) / (time.perf_counter() - start), invalid, peak_rss_mb()))
+
+
+def _threads() -> int:
+    from duckllm.runtime.llama import physical_cores
+    return physical_cores()
+
+
+def prompt_eval_tokens_per_s(runtime) -> float:
+    """The model's prompt-eval speed on one 512-token batch in a fresh sequence (best of 2)."""
+    tokens = (runtime.tokenize("The quick brown fox jumps over the lazy dog. ") * 60)[:512]
+    best = 0.0
+    for _ in range(2):
+        runtime._prefix = []
+        runtime._c.llama_memory_clear(runtime._memory, True)
+        start = time.perf_counter()
+        runtime._decode([(t, i, (0,), i == len(tokens) - 1) for i, t in enumerate(tokens)])
+        best = max(best, len(tokens) / (time.perf_counter() - start))
+    runtime._c.llama_memory_clear(runtime._memory, True)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
+    ap.add_argument("--dataset", default="banking77")
+    ap.add_argument("--model", default=None, help="catalog name or .gguf (default: the default model)")
+    ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--naive-rows", type=int, default=None, help="rows for the naive loop (default: --rows)")
+    args = ap.parse_args()
+    os.environ.setdefault("DUCKLLM_PROGRESS", "0")
+    os.environ["DUCKLLM_CACHE"] = "on"
+    tmp = tempfile.mkdtemp(prefix="duckllm-bench-")
+    from duckllm import cache
+    cache.default_path = lambda: Path(tmp) / "cache.sqlite"  # cold: a cache of its own
+    import duckllm
+    from duckllm import store
+    from duckllm.stats import STATS
+
+    texts, labels = load_rows(args.suite, args.dataset)
+    n = args.rows
+    cold_texts = texts[:n]
+    repeated = [texts[n + i % max(1, n // 10)] for i in range(n)]       # fresh, 10% distinct
+    model_path = str(store.resolve(args.model))
+
+    queue = mp.get_context("spawn").Queue()
+    proc = mp.get_context("spawn").Process(target=naive, args=(model_path, texts[:args.naive_rows or n], labels, queue))
+    proc.start()
+    naive_rps, naive_invalid, naive_rss = queue.get()
+    proc.join()
+
+    con = duckllm.connect(model=args.model)
+    runtime = duckllm.sql.default_engine().runtime(args.model)
+    pe_tps = prompt_eval_tokens_per_s(runtime)
+    query = "SELECT r.label FROM (SELECT i, llm_classify(text, $labels) AS r FROM {} ORDER BY i)"
+    con.execute("CREATE TABLE cold AS SELECT unnest($t) AS text, generate_subscripts($t, 1) AS i", {"t": cold_texts})
+    con.execute("CREATE TABLE rep AS SELECT unnest($t) AS text, generate_subscripts($t, 1) AS i", {"t": repeated})
+
+    table = [("naive loop", naive_rps, naive_invalid, naive_rss, None)]
+    phases = [("duckllm cold", "cold"), ("10%-distinct", "rep"), ("warm rerun", "cold")]
+    for name, source in phases:
+        before = STATS.snapshot()
+        start = time.perf_counter()
+        got = con.execute(query.format(source), {"labels": labels}).fetchall()
+        rps = len(got) / (time.perf_counter() - start)
+        invalid = sum(r[0] not in labels for r in got)
+        table.append((name, rps, invalid, peak_rss_mb(), STATS.snapshot()["model_rows"] - before["model_rows"]))
+        if name == "duckllm cold":
+            cold = dict(zip(("prompt", "gen"), (STATS.snapshot()["prompt_tokens"] - before["prompt_tokens"],
+                                                STATS.snapshot()["generated_tokens"] - before["generated_tokens"])))
+
+    text_tokens = sum(len(runtime.tokenize(t)) for t in cold_texts)
+    limit_rps = pe_tps / (text_tokens / n)
+    model_mb = Path(model_path).stat().st_size / 1e6
+    print(f"model {Path(model_path).name} ({model_mb:.0f} MB), dataset {args.dataset}, {n} rows, "
+          f"{len(labels)} labels, device {runtime.describe()['device']}, threads {runtime.describe()['threads']}")
+    print(f"prompt eval {pe_tps:.1f} tok/s; {text_tokens / n:.1f} text tokens/row -> limit {limit_rps:.2f} rows/s; "
+          f"cold run evaluated {cold['prompt'] / n:.1f} prompt + {cold['gen'] / n:.1f} answer tokens/row")
+    print()
+    print("| phase | rows/s | x naive | x cold | invalid | model rows | peak RSS MB | % of prompt-eval limit |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    cold_rps = table[1][1]
+    for name, rps, invalid, rss, model_rows in table:
+        pct = f"{100 * rps / limit_rps:.0f}%" if name == "duckllm cold" else ""
+        print(f"| {name} | {rps:.2f} | {rps / naive_rps:.1f} | {rps / cold_rps:.1f} | {invalid} | "
+              f"{'' if model_rows is None else model_rows} | {rss:.0f} | {pct} |")
+    print(f"\npeak RSS budget: model file {model_mb:.0f} MB + 500 MB = {model_mb + 500:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
