@@ -17,7 +17,7 @@ from ..prompt_format import Format, Prompt
 @dataclass
 class Choice:
     index: int                     # which option was chosen
-    token_logprobs: list[float]    # log P(token) over the whole vocabulary, per answer token
+    token_logprobs: list[float]    # log P(token) over the whole vocabulary, per token of the option
     choice_logprob: float          # log P(option) when decoding may only produce the options
     truncated: bool = False        # the row's text was cut to fit the context
 
@@ -25,7 +25,7 @@ class Choice:
 @dataclass
 class Generation:
     text: str
-    token_logprobs: list[float]
+    token_logprobs: list[float]    # per token of text (the end token is not part of the answer)
     truncated: bool = False        # the row's text was cut to fit the context
     hit_limit: bool = False        # stopped at max tokens, not at the end of the answer
 

@@ -65,7 +65,7 @@ class _Row:
     seq: int
     pos: int
     logprobs: np.ndarray | None = None   # full-vocabulary log-probs for the next token
-    token_logprobs: list[float] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)   # the answer's tokens, not its end
     choice_logprob: float = 0.0
     node: dict | None = None              # choose: current trie node
     tokens: list[int] = field(default_factory=list)  # generate: tokens produced
@@ -304,19 +304,21 @@ class LlamaRuntime:
 
     def _step_choose(self, row: _Row, feeds) -> None:
         """Walk the option trie: pick the likeliest allowed token where options diverge; once one
-        option is left, feed its remaining tokens in one go, only to score them."""
+        option is left, feed its remaining tokens in one go, only to score them. The end token
+        decides between an option and a longer one it prefixes, but is not part of the answer."""
         node, lp = row.node, row.logprobs
         children = node["children"]
         allowed = np.fromiter(children, dtype=np.int64)
         pick = int(allowed[np.argmax(lp[allowed])])
-        row.token_logprobs.append(float(lp[pick]))
         row.choice_logprob += float(lp[pick] - _logsumexp(lp[allowed]))
         row.node = children[pick]
+        if pick not in self._end_tokens:
+            row.token_logprobs.append(float(lp[pick]))
         if "index" not in row.node:       # options still diverge below: decode the next token
             feeds.append((row, [pick]))
             return
         row.done = True                   # determined: one option left below this node
-        rest = row.node["path"][len(row.token_logprobs):]
+        rest = row.node["path"][len(row.token_logprobs):-1]
         if rest:                          # feed all but the last token, only to score the rest
             feeds.append((row, [pick] + rest[:-1]))
 
@@ -324,8 +326,11 @@ class LlamaRuntime:
         lp = row.logprobs
         token = int(np.argmax(lp))
         row.tokens.append(token)
+        if self._is_end(token):
+            row.done = True
+            return
         row.token_logprobs.append(float(lp[token]))
-        if self._is_end(token) or len(row.tokens) >= row.limit:
+        if len(row.tokens) >= row.limit:
             row.done = True
         else:
             feeds.append((row, [token]))

@@ -6,12 +6,12 @@ from ..errors import ArgumentError
 from . import Choose, Task, canonical, parse_options
 
 FUNCTION = "llm_classify"
-VERSION = 1
+VERSION = 2
 OPTIONS = {"descriptions", "instructions", "model", "confidence"}
 CONFIDENCE_METHODS = ("mean_token", "choice")
 DEFAULT_CONFIDENCE = "mean_token"  # higher AUROC on banking77 and sms_spam: see README
 
-DEFAULT_INSTRUCTIONS = "Classify the text into exactly one of the labels below."
+DEFAULT_INSTRUCTIONS = "Classify the text the user sends into exactly one of the labels below."
 
 
 def from_sql(args: dict) -> Task:
@@ -39,7 +39,7 @@ def build(labels, options=None) -> Task:
 
     return Task(
         name=FUNCTION, version=VERSION, messages=(("system", system),),
-        row_before="Text: ", row_after="", request=Choose(tuple(labels)), read=read,
+        row_before="", row_after="", request=Choose(tuple(labels)), read=read,
         empty={"label": None, "confidence": None, "note": "empty text"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
     )
