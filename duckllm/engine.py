@@ -40,7 +40,7 @@ def cache_enabled() -> bool:
 class Engine:
     """Runs tasks on runtimes; each model is loaded lazily, on first use."""
 
-    SLICE = 64  # rows per runtime call: finished rows reach the cache at least this often
+    FLUSH_EVERY = 32  # finished rows are written to the cache in groups of this many
 
     def __init__(self, model: str | None = None,
                  load: Callable[[object, Format | None], Runtime] = load_llama,
@@ -117,32 +117,36 @@ class Engine:
         return results
 
     def _compute(self, task: Task, texts: list[str], keys: dict[str, str], deliver, use_cache: bool) -> None:
+        """Answer texts on the model; each row is delivered, counted and cached as it finishes,
+        so an interrupted call keeps what it finished."""
         runtime = self.runtime(task.model)
         STATS.set(device=runtime.describe().get("device", "?"))
         prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
         progress = Progress(task.name, total=len(texts))
-        try:
-            for start in range(0, len(texts), self.SLICE):
-                part = texts[start:start + self.SLICE]
-                before = (runtime.usage.prompt_tokens, runtime.usage.generated_tokens)
-                answers = self._ask(runtime, prompt, task, part)
-                STATS.add(model_rows=len(part),
-                          prompt_tokens=runtime.usage.prompt_tokens - before[0],
-                          generated_tokens=runtime.usage.generated_tokens - before[1])
-                finished = []
-                for text, answer in zip(part, answers):
-                    result = task.read(answer, text)
-                    deliver(text, result)
-                    finished.append((keys[text], result))
-                if use_cache:
-                    self.cache.put_many(task.name, finished)
-                progress.advance(len(part))
-        finally:
-            progress.close()
+        finished: list[tuple[str, dict]] = []
+        usage = (runtime.usage.prompt_tokens, runtime.usage.generated_tokens)
 
-    @staticmethod
-    def _ask(runtime: Runtime, prompt, task: Task, texts: list[str]):
-        request = task.request
-        if isinstance(request, Choose):
-            return runtime.choose(prompt, texts, request.options)
-        return runtime.generate(prompt, texts, request.max_tokens, request.per_input_token)
+        def flush():
+            if use_cache:
+                self.cache.put_many(task.name, finished)
+            STATS.add(model_rows=len(finished))
+            progress.advance(len(finished))
+            finished.clear()
+
+        def on_done(i: int, answer) -> None:
+            result = task.read(answer, texts[i])
+            deliver(texts[i], result)
+            finished.append((keys[texts[i]], result))
+            if len(finished) >= self.FLUSH_EVERY:
+                flush()
+        try:
+            request = task.request
+            if isinstance(request, Choose):
+                runtime.choose(prompt, texts, request.options, on_done=on_done)
+            else:
+                runtime.generate(prompt, texts, request.max_tokens, request.per_input_token, on_done=on_done)
+        finally:
+            flush()
+            progress.close()
+            STATS.add(prompt_tokens=runtime.usage.prompt_tokens - usage[0],
+                      generated_tokens=runtime.usage.generated_tokens - usage[1])

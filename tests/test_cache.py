@@ -54,12 +54,12 @@ def test_other_options_or_models_are_other_keys(fake_con, fake_runtime):
 
 
 class Interrupted(FakeRuntime):
-    """Answers its first call, then is interrupted as by Ctrl-C."""
+    """Answers 100 rows, then is interrupted as by Ctrl-C."""
 
-    def choose(self, prompt, texts, options):
-        if self.calls:
+    def answered(self, i, answer, on_done):
+        if i == 100:
             raise KeyboardInterrupt
-        return super().choose(prompt, texts, options)
+        super().answered(i, answer, on_done)
 
 
 def test_an_interrupted_run_keeps_its_finished_rows(tmp_path):
@@ -68,10 +68,10 @@ def test_an_interrupted_run_keeps_its_finished_rows(tmp_path):
     task = classify.build(["a", "b"])
     with pytest.raises(KeyboardInterrupt):
         Engine("fake", load=lambda p, f: Interrupted(), cache=store).run(task, texts)
-    assert sum(n for _, n in store.stats()) == Engine.SLICE
+    assert sum(n for _, n in store.stats()) == 100
     rerun = FakeRuntime()
     results = Engine("fake", load=lambda p, f: rerun, cache=store).run(task, texts)
-    assert model_rows(rerun) == 200 - Engine.SLICE and all(r["label"] in ("a", "b") for r in results)
+    assert model_rows(rerun) == 100 and all(r["label"] in ("a", "b") for r in results)
 
 
 def test_an_unwritable_cache_is_a_warning_and_the_query_still_answers(tmp_path, capsys):

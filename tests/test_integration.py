@@ -93,6 +93,23 @@ def test_batched_rows_match_one_row_at_a_time(runtimes):
         assert mean_token_prob(x.token_logprobs) == pytest.approx(mean_token_prob(y.token_logprobs), abs=0.05)
 
 
+def test_an_interrupted_call_leaves_the_model_usable(runtimes):
+    runtime = runtimes[1]
+    task = classify.build(LABELS)
+    prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+    texts = [f"ticket {i}: my card is lost" for i in range(40)]
+    done = []
+
+    def stop_after_ten(i, answer):
+        done.append(i)
+        if len(done) == 10:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        runtime.choose(prompt, texts, LABELS, on_done=stop_after_ten)
+    again = runtime.choose(prompt, texts, LABELS)   # no cells were left behind
+    assert len(again) == 40 and all(c is not None for c in again)
+
+
 def test_text_longer_than_the_context_is_truncated_and_flagged(small_con):
     small_con.execute("CREATE TABLE t AS SELECT * FROM (VALUES (1, repeat('my parcel is late. ', 6000)), (2, 'refund me')) v(i, text)")
     rows = small_con.execute(f"SELECT i, llm_classify(text, {LABELS}) FROM t ORDER BY i").fetchall()

@@ -4,12 +4,13 @@ A runtime answers two kinds of request over many rows at once:
   choose   - pick one of a fixed set of options (constrained decoding over the options' tokens)
   generate - free text up to a token limit
 Both take a Prompt whose shared part is the same for every row, so a runtime may evaluate it
-once; both return per-token log-probabilities so callers can compute confidences.
+once; both return per-token log-probabilities so callers can compute confidences, and call
+on_done(row index, answer) as each row finishes, so callers can keep finished work.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from ..prompt_format import Format, Prompt
 
@@ -41,9 +42,10 @@ class Runtime(Protocol):
     format: Format
     usage: Usage
 
-    def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str]) -> list[Choice]: ...
+    def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str],
+               on_done: Callable[[int, Choice], None] | None = None) -> list[Choice]: ...
 
-    def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int,
-                 per_input_token: float = 0.0) -> list[Generation]: ...
+    def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int, per_input_token: float = 0.0,
+                 on_done: Callable[[int, Generation], None] | None = None) -> list[Generation]: ...
 
     def describe(self) -> dict: ...

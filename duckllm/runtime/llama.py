@@ -2,8 +2,8 @@
 
 One LlamaRuntime owns one model, one context and one batch, and frees them. All rows of a call
 share one evaluated prompt prefix (KV cache sequence 0, copied by reference to each row's
-sequence) and are decoded together as parallel sequences: each step puts every active row's
-next token into one llama_decode.
+sequence) and are decoded together as parallel sequences with continuous batching: each
+llama_decode carries the next token of every row in flight and the prompts of rows just admitted.
 
 llama.cpp releases the GIL and a context is not thread-safe, so every public method holds the
 runtime's lock: concurrent callers (DuckDB runs UDFs on several threads) queue.
@@ -14,9 +14,10 @@ import ctypes
 import math
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -71,6 +72,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)  # generate: tokens produced
     limit: int = 0
     truncated: bool = False
+    cells: int = 0                        # KV cells reserved: prompt + longest answer
     done: bool = False
 
 
@@ -181,74 +183,106 @@ class LlamaRuntime:
 
     # ---- requests --------------------------------------------------------------------------
 
-    def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str]) -> list[Choice]:
+    def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str],
+               on_done: Callable[[int, Choice], None] | None = None) -> list[Choice]:
         paths = [self.tokenize(option) + self._end_tokens for option in options]
         trie = _trie(paths)
-        answer_room = max(len(p) for p in paths)
-        with self._lock:
-            rows = self._run(prompt, texts, answer_room, lambda row: setattr(row, "node", trie), self._step_choose)
-        return [Choice(index=r.node["index"], token_logprobs=r.token_logprobs,
-                       choice_logprob=r.choice_logprob, truncated=r.truncated) for r in rows]
 
-    def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int,
-                 per_input_token: float = 0.0) -> list[Generation]:
+        def finish(row: _Row) -> Choice:
+            return Choice(index=row.node["index"], token_logprobs=row.token_logprobs,
+                          choice_logprob=row.choice_logprob, truncated=row.truncated)
         with self._lock:
-            rows = self._run(prompt, texts, (max_tokens, per_input_token), None, self._step_generate)
-        out = []
-        for r in rows:
-            ended = bool(r.tokens) and self._is_end(r.tokens[-1])
-            text_tokens = r.tokens[:-1] if ended else r.tokens
-            out.append(Generation(text=self.detokenize(text_tokens), token_logprobs=r.token_logprobs,
-                                  truncated=r.truncated, hit_limit=not ended))
-        return out
+            return self._run(prompt, texts, lambda n: max(len(p) for p in paths),
+                             lambda row: setattr(row, "node", trie), self._step_choose, finish, on_done)
+
+    def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int, per_input_token: float = 0.0,
+                 on_done: Callable[[int, Generation], None] | None = None) -> list[Generation]:
+        def finish(row: _Row) -> Generation:
+            ended = bool(row.tokens) and self._is_end(row.tokens[-1])
+            return Generation(text=self.detokenize(row.tokens[:-1] if ended else row.tokens),
+                              token_logprobs=row.token_logprobs, truncated=row.truncated, hit_limit=not ended)
+        with self._lock:
+            return self._run(prompt, texts, lambda n: max_tokens + math.ceil(per_input_token * n),
+                             None, self._step_generate, finish, on_done, per_input_token)
 
     # ---- scheduling ------------------------------------------------------------------------
 
-    def _run(self, prompt: Prompt, texts, answer_room, start, step) -> list[_Row]:
-        """Evaluate the shared prefix once, then the rows in waves of parallel sequences."""
+    def _run(self, prompt: Prompt, texts, answer_limit, start, step, finish, on_done, per_input=0.0) -> list:
+        """Continuous batching: the shared prefix is evaluated once (sequence 0); rows take free
+        sequences as earlier rows finish, so one llama_decode carries new rows' prompts and the
+        answer tokens of rows in flight together."""
         shared = self.tokenize(prompt.shared, add_bos=self._add_bos(), special=True)
         tail = self.tokenize(prompt.tail, special=True)
         self._ensure_prefix(shared)
         room = self.n_ctx - len(shared)
-        results: list[_Row | None] = [None] * len(texts)
-        pending = list(range(len(texts)))
-        while pending:
-            wave, used = [], 0
-            while pending and len(wave) < self.n_parallel:
-                i = pending[0]
-                row_tokens, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_room, room)
-                need = len(row_tokens) + limit
-                if wave and used + need > room:
-                    break
-                pending.pop(0)
-                used += need
-                row = _Row(index=i, seq=len(wave) + 1, pos=len(shared), limit=limit, truncated=truncated)
-                if start:
-                    start(row)
-                wave.append((row, row_tokens))
-            self._decode_wave(wave, step)
-            for row, _ in wave:
-                results[row.index] = row
+        results: list = [None] * len(texts)
+        pending = deque(range(len(texts)))
+        free_seqs = list(range(self.n_parallel, 0, -1))
+        in_flight: dict[int, _Row] = {}
+        used = 0                    # KV cells reserved by the rows in flight
+        feeds: list[tuple[_Row, list[int]]] = []
+        try:
+            while pending or feeds:
+                while pending and free_seqs:
+                    i = pending[0]
+                    tokens, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_limit, per_input, room)
+                    if in_flight and used + len(tokens) + limit > room:
+                        break       # wait for rows in flight to free their cells
+                    pending.popleft()
+                    row = _Row(index=i, seq=free_seqs.pop(), pos=len(shared), limit=limit,
+                               truncated=truncated, cells=len(tokens) + limit)
+                    if start:
+                        start(row)
+                    self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
+                    self._c.llama_memory_seq_cp(self._memory, PREFIX_SEQ, row.seq, -1, -1)
+                    in_flight[row.seq] = row
+                    used += row.cells
+                    feeds.append((row, tokens))
+                    self.usage.prompt_tokens += len(tokens)
+                items, wanted_by = [], []
+                for row, tokens in feeds:
+                    if row.logprobs is not None:
+                        self.usage.generated_tokens += len(tokens)
+                    for j, token in enumerate(tokens):
+                        want = row.done or j == len(tokens) - 1   # done rows: score every fed token
+                        items.append((token, row.pos + j, (row.seq,), want))
+                        if want:
+                            wanted_by.append(row)
+                    row.pos += len(tokens)
+                fed = [row for row, _ in feeds]
+                feeds = []
+                for row, logprobs in zip(wanted_by, self._decode(items)):
+                    if row.done:    # choose: scoring the determined rest of an option
+                        row.token_logprobs.append(float(logprobs[row.node["path"][len(row.token_logprobs)]]))
+                    else:
+                        row.logprobs = logprobs
+                for row in fed:
+                    if not row.done:
+                        step(row, feeds)
+                    if row.done and not any(r is row for r, _ in feeds):
+                        results[row.index] = finish(row)
+                        if on_done:
+                            on_done(row.index, results[row.index])
+                        del in_flight[row.seq]
+                        used -= row.cells
+                        free_seqs.append(row.seq)
+                        self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
+        finally:
+            for seq in in_flight:   # interrupted: leave no cells behind
+                self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
         return results
 
-    def _fit(self, text_tokens, tail, answer_room, room):
+    def _fit(self, text_tokens, tail, answer_limit, per_input, room):
         """Cut a row's text so text + tail + answer fit the room left after the prefix."""
-        if isinstance(answer_room, tuple):  # generate: (max_tokens, per_input_token)
-            max_tokens, per_input = answer_room
-            budget = int((room - len(tail) - max_tokens) / (1 + per_input))
-        else:
-            budget = room - len(tail) - answer_room
+        fixed = answer_limit(0)
+        budget = int((room - len(tail) - fixed) / (1 + per_input))
         if budget < 1:
             raise ArgumentError(f"the instructions and labels take {self.n_ctx - room} of the model's "
                                 f"{self.n_ctx} context tokens, leaving no room for the text; shorten them "
                                 f"or set DUCKLLM_CONTEXT higher")
         truncated = len(text_tokens) > budget
         text_tokens = text_tokens[:budget]
-        if isinstance(answer_room, tuple):
-            limit = answer_room[0] + math.ceil(answer_room[1] * len(text_tokens))
-        else:
-            limit = answer_room
-        return text_tokens + tail, limit, truncated
+        return text_tokens + tail, answer_limit(len(text_tokens)), truncated
 
     def _add_bos(self) -> bool:
         return bool(self._c.llama_vocab_get_add_bos(self._vocab))
@@ -265,42 +299,6 @@ class LlamaRuntime:
         self._c.llama_memory_seq_rm(self._memory, PREFIX_SEQ, keep, -1)
         self._decode([(t, keep + j, (PREFIX_SEQ,), False) for j, t in enumerate(shared[keep:])])
         self._prefix = list(shared)
-
-    def _decode_wave(self, wave, step) -> None:
-        for row, _ in wave:
-            self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
-            self._c.llama_memory_seq_cp(self._memory, PREFIX_SEQ, row.seq, -1, -1)
-        items, owners = [], []
-        for row, tokens in wave:
-            for j, t in enumerate(tokens):
-                items.append((t, row.pos + j, (row.seq,), j == len(tokens) - 1))
-            row.pos += len(tokens)
-            owners.append(row)
-        self.usage.prompt_tokens += len(items)
-        for row, logprobs in zip(owners, self._decode(items)):
-            row.logprobs = logprobs
-        active = [row for row, _ in wave]
-        while active:
-            feeds = []  # (row, tokens to feed, whether each needs logits)
-            for row in active:
-                step(row, feeds)
-            active = [row for row in active if not row.done]
-            items, owners = [], []
-            for row, tokens in feeds:
-                for j, t in enumerate(tokens):
-                    items.append((t, row.pos + j, (row.seq,), True))
-                    owners.append((row, j == len(tokens) - 1))
-                row.pos += len(tokens)
-            self.usage.generated_tokens += len(items)
-            if items:
-                logprobs = self._decode(items)
-                for (row, last), lp in zip(owners, logprobs):
-                    if row.done:     # choose: scoring the determined rest of an answer
-                        row.token_logprobs.append(float(lp[row.node["path"][len(row.token_logprobs)]]))
-                    elif last:
-                        row.logprobs = lp
-        for row, _ in wave:
-            self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
 
     def _step_choose(self, row: _Row, feeds) -> None:
         """Walk the option trie: pick the likeliest allowed token where options diverge; once one
