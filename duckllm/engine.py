@@ -142,7 +142,7 @@ class Engine:
         try:
             request = task.request
             if isinstance(request, Choose):
-                runtime.choose(prompt, texts, request.options, on_done=on_done)
+                runtime.choose(prompt, texts, request.options, on_done=on_done, score_rest=request.score_rest)
             else:
                 runtime.generate(prompt, texts, request.max_tokens, request.per_input_token, on_done=on_done)
         finally:

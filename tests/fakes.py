@@ -15,7 +15,7 @@ class FakeRuntime:
         self.usage = Usage()
         self.calls: list[tuple[str, list[str]]] = []
 
-    def choose(self, prompt, texts, options, on_done=None):
+    def choose(self, prompt, texts, options, on_done=None, score_rest=True):
         self.calls.append(("choose", list(texts)))
         out = []
         for text in texts:

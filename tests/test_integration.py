@@ -79,6 +79,21 @@ def test_constrained_decoding_agrees_with_free_decoding_when_that_lands_on_a_lab
         assert c.token_logprobs == pytest.approx(f.token_logprobs, abs=1e-3)
 
 
+def test_choice_confidence_needs_no_scoring_of_the_determined_rest(runtimes):
+    runtime = runtimes[1]
+    labels = ["card_payment_fee_charged", "refund_not_showing_up"]
+    task = classify.build(labels)
+    prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+    texts = ["why was I charged a fee", "my refund is missing"]
+    full = runtime.choose(prompt, texts, labels)
+    before = runtime.usage.generated_tokens
+    short = runtime.choose(prompt, texts, labels, score_rest=False)
+    assert runtime.usage.generated_tokens == before   # determined at the first token: nothing fed
+    for a, b in zip(full, short):
+        assert a.index == b.index and a.choice_logprob == pytest.approx(b.choice_logprob, abs=1e-4)
+        assert len(b.token_logprobs) == 1 < len(a.token_logprobs)
+
+
 def test_batched_rows_match_one_row_at_a_time(runtimes):
     one, many = runtimes
     task = classify.build(LABELS)

@@ -69,6 +69,7 @@ class _Row:
     token_logprobs: list[float] = field(default_factory=list)   # the answer's tokens, not its end
     choice_logprob: float = 0.0
     node: dict | None = None              # choose: current trie node
+    score_rest: bool = True               # choose: score an option's tokens after it is determined
     tokens: list[int] = field(default_factory=list)  # generate: tokens produced
     limit: int = 0
     truncated: bool = False
@@ -184,16 +185,21 @@ class LlamaRuntime:
     # ---- requests --------------------------------------------------------------------------
 
     def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str],
-               on_done: Callable[[int, Choice], None] | None = None) -> list[Choice]:
+               on_done: Callable[[int, Choice], None] | None = None, score_rest: bool = True) -> list[Choice]:
+        """score_rest=False stops at the token that determines the option: its choice_logprob is
+        complete, its token_logprobs cover only the tokens decoded."""
         paths = [self.tokenize(option) + self._end_tokens for option in options]
         trie = _trie(paths)
+
+        def start(row: _Row) -> None:
+            row.node, row.score_rest = trie, score_rest
 
         def finish(row: _Row) -> Choice:
             return Choice(index=row.node["index"], token_logprobs=row.token_logprobs,
                           choice_logprob=row.choice_logprob, truncated=row.truncated)
         with self._lock:
             return self._run(prompt, texts, lambda n: max(len(p) for p in paths),
-                             lambda row: setattr(row, "node", trie), self._step_choose, finish, on_done)
+                             start, self._step_choose, finish, on_done)
 
     def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int, per_input_token: float = 0.0,
                  on_done: Callable[[int, Generation], None] | None = None) -> list[Generation]:
@@ -317,7 +323,7 @@ class LlamaRuntime:
             return
         row.done = True                   # determined: one option left below this node
         rest = row.node["path"][len(row.token_logprobs):-1]
-        if rest:                          # feed all but the last token, only to score the rest
+        if rest and row.score_rest:       # feed all but the last token, only to score the rest
             feeds.append((row, [pick] + rest[:-1]))
 
     def _step_generate(self, row: _Row, feeds) -> None:

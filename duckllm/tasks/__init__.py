@@ -15,6 +15,7 @@ from ..errors import ArgumentError
 @dataclass(frozen=True)
 class Choose:
     options: tuple[str, ...]
+    score_rest: bool = True        # score every token of the chosen option (mean-token confidence)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def build(labels, options=None) -> Task:
 
     return Task(
         name=FUNCTION, version=VERSION, messages=(("system", system),),
-        row_before="", row_after="", request=Choose(tuple(labels)), read=read,
+        row_before="", row_after="", request=Choose(tuple(labels), score_rest=method == "mean_token"), read=read,
         empty={"label": None, "confidence": None, "note": "empty text"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
     )
