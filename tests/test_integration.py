@@ -169,6 +169,19 @@ def test_cursors_on_threads_share_the_model(small_con):
     assert not errors and len(results) == 4 and set(results) <= set(LABELS)
 
 
+def test_stats_and_a_cached_rerun_on_the_real_model(small_con):
+    small_con.execute("CREATE TABLE r AS SELECT 'ticket ' || (i % 5) || ': where is my parcel' AS text FROM range(50) t(i)")
+    query = f"SELECT list(llm_classify(text, {LABELS}).label ORDER BY text) FROM r"
+    first = small_con.execute(query).fetchone()[0]
+    s = dict(zip([d[0] for d in small_con.execute("SELECT * FROM duckllm_stats()").description],
+                 small_con.execute("SELECT * FROM duckllm_stats()").fetchone()))
+    assert (s["rows"], s["model_rows"], s["dedup_hits"], s["device"]) == (50, 5, 45, "cpu")
+    assert s["prompt_tokens"] > 5 * 5 and s["generated_tokens"] >= 0 and s["seconds"] > 0
+    assert small_con.execute(query).fetchone()[0] == first
+    cache_hits, model_rows = small_con.execute("SELECT cache_hits, model_rows FROM duckllm_stats()").fetchone()
+    assert (cache_hits, model_rows) == (5, 5)
+
+
 def test_register_on_an_existing_connection():
     con = duckdb.connect()
     con.execute("CREATE TABLE notes AS SELECT 'the delivery is late' AS t")
