@@ -29,7 +29,7 @@ def load_llama(path, fmt: Format | None) -> Runtime:
         if key not in _loaded:
             _loaded[key] = LlamaRuntime(path, fmt,
                                         n_ctx=int(os.environ.get("DUCKLLM_CONTEXT", 4096)),
-                                        n_parallel=int(os.environ.get("DUCKLLM_PARALLEL", 16)))
+                                        n_parallel=int(os.environ.get("DUCKLLM_PARALLEL", 64)))
         return _loaded[key]
 
 

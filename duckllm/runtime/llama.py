@@ -92,6 +92,9 @@ class LlamaRuntime:
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = (999 if gpu else 0) if n_gpu_layers is None else n_gpu_layers
+        # No CPU weight repacking: it keeps a second copy of the weights beside the mmapped file,
+        # and measured here it was slower too (bench/throughput.py, README).
+        mparams.use_extra_bufts = False
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise ModelError(f"llama.cpp could not load {str(self.path)!r}: the file is corrupt, not a model "
