@@ -99,3 +99,40 @@ def test_local_paths(tmp_path):
     good = tmp_path / "m.gguf"
     good.write_bytes(WHOLE)
     assert store.resolve(str(good)) == good
+
+
+def test_hub_models_go_through_huggingface_hub_and_show_their_licence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DUCKLLM_HOME", str(tmp_path / "home"))
+    spec = ModelSpec(name="refuel", file="R.Q4_K_M.gguf", prompt_format="llama3", context_length=8192,
+                     license="CC-BY-NC-4.0", license_note="non-commercial use only",
+                     source={"kind": "hub", "repo": "someone/R-GGUF", "filename": "R.Q4_K_M.gguf"})
+    monkeypatch.setattr(catalog, "models", lambda: {"refuel": spec})
+    asked = {}
+
+    def fake_download(repo_id, filename, local_dir):
+        asked.update(repo_id=repo_id, filename=filename)
+        path = tmp_path / "hub-cache" / filename
+        path.parent.mkdir()
+        path.write_bytes(WHOLE)
+        return str(path)
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    path = store.resolve("refuel")
+    assert asked == {"repo_id": "someone/R-GGUF", "filename": "R.Q4_K_M.gguf"}
+    assert path == store.models_dir() / "R.Q4_K_M.gguf" and path.read_bytes() == WHOLE
+    assert store.identity(path) == hashlib.sha256(WHOLE).hexdigest()  # recorded on first download
+    assert "CC-BY-NC-4.0" in capsys.readouterr().err
+
+
+def test_a_hub_failure_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUCKLLM_HOME", str(tmp_path / "home"))
+    spec = ModelSpec(name="refuel", file="R.gguf", prompt_format="llama3", context_length=8192, license="x",
+                     source={"kind": "hub", "repo": "someone/R-GGUF", "filename": "R.gguf"})
+    monkeypatch.setattr(catalog, "models", lambda: {"refuel": spec})
+    import huggingface_hub
+
+    def offline(**kwargs):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ModelError, match="check your network or HF_TOKEN, or download the file yourself"):
+        store.resolve("refuel")
