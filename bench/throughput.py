@@ -73,7 +73,8 @@ def prompt_eval_tokens_per_s(runtime) -> float:
         runtime._prefix = []
         runtime._c.llama_memory_clear(runtime._memory, True)
         start = time.perf_counter()
-        runtime._decode([(t, i, (0,), i == len(tokens) - 1) for i, t in enumerate(tokens)])
+        runtime._decode([(t, i, (0,), i == len(tokens) - 1) for i, t in enumerate(tokens)], [None],
+                        lambda owner, logits: None)
         best = max(best, len(tokens) / (time.perf_counter() - start))
     runtime._c.llama_memory_clear(runtime._memory, True)
     return best

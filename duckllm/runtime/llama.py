@@ -65,7 +65,7 @@ class _Row:
     index: int
     seq: int
     pos: int
-    logprobs: np.ndarray | None = None   # full-vocabulary log-probs for the next token
+    started: bool = False                 # its prompt has been fed
     token_logprobs: list[float] = field(default_factory=list)   # the answer's tokens, not its end
     choice_logprob: float = 0.0
     node: dict | None = None              # choose: current trie node
@@ -250,8 +250,9 @@ class LlamaRuntime:
                     self.usage.prompt_tokens += len(tokens)
                 items, wanted_by = [], []
                 for row, tokens in feeds:
-                    if row.logprobs is not None:
+                    if row.started:
                         self.usage.generated_tokens += len(tokens)
+                    row.started = True
                     for j, token in enumerate(tokens):
                         want = row.done or j == len(tokens) - 1   # done rows: score every fed token
                         items.append((token, row.pos + j, (row.seq,), want))
@@ -260,14 +261,15 @@ class LlamaRuntime:
                     row.pos += len(tokens)
                 fed = [row for row, _ in feeds]
                 feeds = []
-                for row, logprobs in zip(wanted_by, self._decode(items)):
+
+                def observe(row: _Row, logits: np.ndarray) -> None:
                     if row.done:    # choose: scoring the determined rest of an option
-                        row.token_logprobs.append(float(logprobs[row.node["path"][len(row.token_logprobs)]]))
+                        token = row.node["path"][len(row.token_logprobs)]
+                        row.token_logprobs.append(float(logits[token]) - _logsumexp(logits))
                     else:
-                        row.logprobs = logprobs
+                        step(row, logits, feeds)
+                self._decode(items, wanted_by, observe)
                 for row in fed:
-                    if not row.done:
-                        step(row, feeds)
                     if row.done and not any(r is row for r, _ in feeds):
                         results[row.index] = finish(row)
                         if on_done:
@@ -309,18 +311,18 @@ class LlamaRuntime:
         self._decode([(t, keep + j, (PREFIX_SEQ,), False) for j, t in enumerate(shared[keep:])])
         self._prefix = list(shared)
 
-    def _step_choose(self, row: _Row, feeds) -> None:
+    def _step_choose(self, row: _Row, logits: np.ndarray, feeds) -> None:
         """Walk the option trie: pick the likeliest allowed token where options diverge; once one
         option is left, feed its remaining tokens in one go, only to score them. The end token
         decides between an option and a longer one it prefixes, but is not part of the answer."""
-        node, lp = row.node, row.logprobs
-        children = node["children"]
+        children = row.node["children"]
         allowed = np.fromiter(children, dtype=np.int64)
-        pick = int(allowed[np.argmax(lp[allowed])])
-        row.choice_logprob += float(lp[pick] - _logsumexp(lp[allowed]))
+        scores = logits[allowed]
+        pick = int(allowed[np.argmax(scores)])
+        row.choice_logprob += float(logits[pick]) - _logsumexp(scores)
         row.node = children[pick]
         if pick not in self._end_tokens:
-            row.token_logprobs.append(float(lp[pick]))
+            row.token_logprobs.append(float(logits[pick]) - _logsumexp(logits))
         if "index" not in row.node:       # options still diverge below: decode the next token
             feeds.append((row, [pick]))
             return
@@ -329,14 +331,13 @@ class LlamaRuntime:
         if rest and row.score_rest:       # feed all but the last token, only to score the rest
             feeds.append((row, [pick] + rest[:-1]))
 
-    def _step_generate(self, row: _Row, feeds) -> None:
-        lp = row.logprobs
-        token = int(np.argmax(lp))
+    def _step_generate(self, row: _Row, logits: np.ndarray, feeds) -> None:
+        token = int(np.argmax(logits))
         row.tokens.append(token)
         if self._is_end(token):
             row.done = True
             return
-        row.token_logprobs.append(float(lp[token]))
+        row.token_logprobs.append(float(logits[token]) - _logsumexp(logits))
         if len(row.tokens) >= row.limit:
             row.done = True
         else:
@@ -344,11 +345,12 @@ class LlamaRuntime:
 
     # ---- llama_decode ----------------------------------------------------------------------
 
-    def _decode(self, items) -> list[np.ndarray]:
-        """Decode (token, pos, seq_ids, want_logits) items in chunks of n_batch; return the
-        log-softmax over the vocabulary for each item that wanted logits, in order."""
-        out = []
+    def _decode(self, items, owners=(), observe=None) -> None:
+        """Decode (token, pos, seq_ids, want_logits) items in chunks of n_batch. For each item
+        that wants logits, in order, call observe(owner, logits): the logits are llama.cpp's own
+        buffer, valid only during the call, so no vocabulary-sized copy is kept."""
         b = self._batch
+        owners = iter(owners)
         for start in range(0, len(items), self.n_batch):
             chunk = items[start:start + self.n_batch]
             wanted = []
@@ -368,8 +370,7 @@ class LlamaRuntime:
                                  f"input is invalid); set DUCKLLM_CONTEXT higher or DUCKLLM_PARALLEL lower")
             for i in wanted:
                 logits = np.ctypeslib.as_array(self._c.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,))
-                out.append(logits - _logsumexp(logits))
-        return out
+                observe(next(owners), logits)
 
 
 def _logsumexp(x: np.ndarray) -> float:
