@@ -1,31 +1,59 @@
 """The duckllm command: a thin click client of the library."""
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from pathlib import Path
 
 import click
 import duckdb
 
-from . import catalog, store
+from . import cancel, catalog, store
 from .errors import DuckLLMError
 
 
 def _connect(db: str | None, model: str | None):
     from .sql import connect
-    return connect(db or ":memory:", model=model)
+    con = connect(db or ":memory:", model=model)
+    # DuckDB's progress bar writes to stdout even when it is piped; duckllm's goes to stderr
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def run_statements(con, sql: str) -> None:
-    """Run every statement; print the result of each that returns rows, duckbox style."""
+    """Run every statement; print the result of each that returns rows, duckbox style.
+    Ctrl-C cancels the running statement (KeyboardInterrupt); finished rows stay cached."""
     statements = con.extract_statements(sql)
     if not statements:
         raise click.UsageError("no SQL statement given")
     for statement in statements:
         if statement.expected_result_type == [duckdb.ExpectedResultType.QUERY_RESULT]:
-            con.sql(statement.query).show(max_rows=10_000, max_width=10_000)
+            _interruptible(con, lambda: con.sql(statement.query).show(max_rows=10_000, max_width=10_000))
         else:  # DDL, INSERT, SET: like the duckdb shell, print nothing
-            con.execute(statement.query)
+            _interruptible(con, lambda: con.execute(statement.query))
+
+
+def _interruptible(con, work) -> None:
+    """Run work on a worker thread so the main thread can take Ctrl-C and cancel it."""
+    outcome: list[BaseException] = []
+
+    def run():
+        try:
+            work()
+        except BaseException as e:  # re-raised on the main thread
+            outcome.append(e)
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        cancel.request(con)
+        worker.join()
+        raise
+    if outcome:
+        raise outcome[0]
 
 
 def user_message(error: Exception) -> str:
@@ -155,8 +183,13 @@ class _errors:
             click.echo(f"Error: {user_message(error)}", err=True)
             sys.exit(1)
         if isinstance(error, KeyboardInterrupt):
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            click.echo("Interrupted: the query was cancelled; rows finished so far are kept in the "
+                       "result cache, so running it again computes only the rest.", err=True)
+            # Finished rows are committed. Skip C++ teardown: after an interrupted query DuckDB's
+            # and ggml's destructors can abort noisily at exit.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return False
 
 

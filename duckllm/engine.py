@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from . import catalog, store
+from . import cancel, catalog, store
 from .cache import ResultCache, key_of
 from .progress import Progress
 from .prompt_format import FORMATS, Format
@@ -82,6 +82,10 @@ class Engine:
     def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None) -> list[dict | None]:
         """One result per text: None for NULL, task.empty for blank, else the model's answer.
         Identical texts are answered once; cached answers are not recomputed."""
+        with cancel.working():
+            return self._run(task, texts, use_cache)
+
+    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None) -> list[dict | None]:
         started = time.perf_counter()
         use_cache = cache_enabled() if use_cache is None else use_cache
         results: list[dict | None] = [None] * len(texts)

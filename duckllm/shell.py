@@ -91,7 +91,8 @@ class Shell:
         try:
             run_statements(self.con, sql)
         except KeyboardInterrupt:
-            print("Interrupted: the query was cancelled.", file=self.out)
+            print("Interrupted: the query was cancelled; finished rows are kept in the result cache.",
+                  file=self.out)
         except (duckdb.Error, DuckLLMError) as e:
             print(f"Error: {user_message(e)}", file=self.out)
         if self.timer:

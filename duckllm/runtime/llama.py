@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .. import cancel
 from ..errors import ArgumentError, ModelError
 from ..prompt_format import Format, detect
 from . import Choice, Generation, Prompt, Usage
@@ -232,6 +233,7 @@ class LlamaRuntime:
         feeds: list[tuple[_Row, list[int]]] = []
         try:
             while pending or feeds:
+                cancel.check()
                 while pending and free_seqs:
                     i = pending[0]
                     tokens, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_limit, per_input, room)
