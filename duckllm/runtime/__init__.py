@@ -9,7 +9,7 @@ on_done(row index, answer) as each row finishes, so callers can keep finished wo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from ..prompt_format import Format, Prompt
@@ -33,9 +33,8 @@ class Generation:
 
 @dataclass
 class Usage:
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    extra: dict = field(default_factory=dict)
+    prompt_tokens: int = 0      # row prompts evaluated (the shared prefix is not counted)
+    generated_tokens: int = 0   # answer tokens fed back: decoded, or fed only to be scored
 
 
 class Runtime(Protocol):
