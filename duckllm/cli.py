@@ -167,7 +167,7 @@ def info(model):
     """Load a model and say which device runs it and how many layers are offloaded."""
     from .engine import Engine
     with _errors():
-        details = Engine(model).runtime(model).describe()
+        details = Engine().runtime(model).describe()
     for key, value in details.items():
         click.echo(f"{key}: {value}")
 

@@ -1,8 +1,8 @@
 """Confidence scores from token log-probabilities, side by side.
 
 mean_token_prob is Refuel's: the mean probability of the answer's tokens over the whole
-vocabulary (the answer's text; the end-of-turn token that closes it is left out). choice_prob is the probability of the chosen option when decoding may only produce
-options. Which one llm_classify reports was decided by AUROC on public data (README).
+vocabulary (the end-of-turn token that closes the answer is left out). choice_prob is the
+probability of the chosen option when decoding may only produce options. Which one llm_classify reports was decided by AUROC on public data (README).
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import duckdb
 import pyarrow as pa
 
 from .engine import Engine
-from .stats import FIELDS, STATS
 from .home import package_data
+from .stats import FIELDS, STATS
 from .tasks import classify, clean
 
 CLASSIFY_TYPE = pa.struct([("label", pa.string()), ("confidence", pa.float64()), ("note", pa.string())])

@@ -79,6 +79,18 @@ def test_constrained_decoding_agrees_with_free_decoding_when_that_lands_on_a_lab
         assert c.token_logprobs == pytest.approx(f.token_logprobs, abs=1e-3)
 
 
+def test_switching_prompts_reuses_only_the_shared_start_of_the_prefix(small_model_path):
+    def answers(runtime, labels, options=None):
+        task = classify.build(labels, options)
+        prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+        return [(c.index, c.token_logprobs) for c in runtime.choose(prompt, ["refund me", "where is my parcel"], labels)]
+    alone = answers(LlamaRuntime(small_model_path, FORMATS["chatml"], n_parallel=8), LABELS)
+    runtime = LlamaRuntime(small_model_path, FORMATS["chatml"], n_parallel=8)
+    answers(runtime, LABELS, {"instructions": "Sort the tickets."})   # a prefix sharing only the start
+    answers(runtime, LABELS[:2])                                        # a shorter one
+    assert answers(runtime, LABELS) == alone
+
+
 def test_choice_confidence_needs_no_scoring_of_the_determined_rest(runtimes):
     runtime = runtimes[1]
     labels = ["card_payment_fee_charged", "refund_not_showing_up"]

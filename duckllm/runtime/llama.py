@@ -305,11 +305,10 @@ class LlamaRuntime:
         keep = 0
         while keep < min(len(shared), len(self._prefix)) and shared[keep] == self._prefix[keep]:
             keep += 1
-        if keep == len(shared) and keep == len(self._prefix):
+        if keep == len(shared) == len(self._prefix):
             return
-        if keep == len(shared):  # llama.cpp needs logits from a decode; re-evaluate the last token
-            keep -= 1
         self._c.llama_memory_seq_rm(self._memory, PREFIX_SEQ, keep, -1)
+        self._prefix = shared[:keep]   # what sequence 0 holds, should the decode below fail
         self._decode([(t, keep + j, (PREFIX_SEQ,), False) for j, t in enumerate(shared[keep:])])
         self._prefix = list(shared)
 
