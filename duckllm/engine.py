@@ -15,7 +15,7 @@ from .progress import Progress
 from .prompt_format import FORMATS, Format
 from .runtime import Runtime
 from .stats import STATS
-from .tasks import Choose, Task
+from .tasks import Task
 
 _loaded: dict[tuple, Runtime] = {}
 _loaded_lock = threading.Lock()
@@ -125,7 +125,7 @@ class Engine:
         so an interrupted call keeps what it finished."""
         runtime = self.runtime(task.model)
         STATS.set(device=runtime.describe().get("device", "?"))
-        prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+        prompt = runtime.format.split(list(task.messages))
         progress = Progress(task.name, total=len(texts))
         finished: list[tuple[str, dict]] = []
         usage = (runtime.usage.prompt_tokens, runtime.usage.generated_tokens)
@@ -144,11 +144,8 @@ class Engine:
             if len(finished) >= self.FLUSH_EVERY:
                 flush()
         try:
-            request = task.request
-            if isinstance(request, Choose):
-                runtime.choose(prompt, texts, request.options, on_done=on_done, score_rest=request.score_rest)
-            else:
-                runtime.generate(prompt, texts, request.max_tokens, request.per_input_token, on_done=on_done)
+            runtime.run(prompt, [task.render(t) for t in texts], lambda i, n: task.program(texts[i], n),
+                        task.answer_tokens, on_done=on_done)
         finally:
             flush()
             progress.close()

@@ -13,23 +13,32 @@ import pyarrow as pa
 from .engine import Engine
 from .home import package_data
 from .stats import FIELDS, STATS
-from .tasks import classify, clean
+from .tasks import classify, classify_multi, clean, enrich, entities, extract, match
 
-CLASSIFY_TYPE = pa.struct([("label", pa.string()), ("confidence", pa.float64()), ("note", pa.string())])
-CLEAN_TYPE = pa.struct([("value", pa.string()), ("confidence", pa.float64()), ("changed", pa.bool_()),
-                        ("note", pa.string())])
+CONFIDENCE = ("confidence", pa.float64())
+NOTE = ("note", pa.string())
+CLASSIFY_TYPE = pa.struct([("label", pa.string()), CONFIDENCE, NOTE])
+CLEAN_TYPE = pa.struct([("value", pa.string()), CONFIDENCE, ("changed", pa.bool_()), NOTE])
+MATCH_TYPE = pa.struct([("match", pa.bool_()), CONFIDENCE, NOTE])
+ENRICH_TYPE = pa.struct([("value", pa.string()), CONFIDENCE, ("truncated", pa.bool_()), NOTE])
+MULTI_TYPE = pa.list_(pa.struct([("label", pa.string()), CONFIDENCE]))
+ENTITIES_TYPE = pa.list_(pa.struct([("text", pa.string()), ("type", pa.string()), CONFIDENCE]))
 
 
 STATS_TYPE = "STRUCT(" + ", ".join(
     f"{name} {dict(int='BIGINT', float='DOUBLE', str='VARCHAR')[kind.__name__]}" for name, kind in FIELDS.items()) + ")"
 
 
-def _duckdb_type(arrow_type: pa.StructType) -> str:
+def _duckdb_type(arrow_type: pa.DataType) -> str:
     names = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
-    return "STRUCT(" + ", ".join(f"{f.name} {names[f.type]}" for f in arrow_type) + ")"
+    if isinstance(arrow_type, pa.ListType):
+        return _duckdb_type(arrow_type.value_type) + "[]"
+    if isinstance(arrow_type, pa.StructType):
+        return "STRUCT(" + ", ".join(f"{f.name} {_duckdb_type(f.type)}" for f in arrow_type) + ")"
+    return names[arrow_type]
 
 
-def _vectorised(engine: Engine, build, result_type: pa.StructType):
+def _vectorised(engine: Engine, build, result_type: pa.DataType, to_arrow):
     """An Arrow UDF (text, args_json) -> STRUCT making one engine call per distinct args."""
     tasks = {}
 
@@ -48,15 +57,25 @@ def _vectorised(engine: Engine, build, result_type: pa.StructType):
             task, use_cache = tasks[key]
             for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache)):
                 results[i] = r
-        return pa.array(results, type=result_type)
+        return pa.array([None if r is None else to_arrow(r) for r in results], type=result_type)
 
     return udf
 
 
+def _field(name):
+    return lambda result: result[name]
+
+
 FUNCTIONS = {
-    # SQL name: (task builder taking the macro's JSON arguments, result type)
-    "__duckllm_classify": (classify.from_sql, CLASSIFY_TYPE),
-    "__duckllm_clean": (clean.from_sql, CLEAN_TYPE),
+    # SQL name: (task builder taking the macro's JSON arguments, result type, result -> Arrow value)
+    "__duckllm_classify": (classify.from_sql, CLASSIFY_TYPE, dict),
+    "__duckllm_clean": (clean.from_sql, CLEAN_TYPE, dict),
+    "__duckllm_match": (match.from_sql, MATCH_TYPE, dict),
+    "__duckllm_enrich": (enrich.from_sql, ENRICH_TYPE, dict),
+    "__duckllm_classify_multi": (classify_multi.from_sql, MULTI_TYPE, _field("labels")),
+    "__duckllm_entities": (entities.from_sql, ENTITIES_TYPE, _field("entities")),
+    # typed by the caller's schema: JSON text that the llm_extract macro reads with from_json
+    "__duckllm_extract": (extract.from_sql, pa.string(), lambda r: json.dumps(r, ensure_ascii=False)),
 }
 
 
@@ -80,11 +99,14 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: E
     existing = {row[0] for row in con.execute(
         "SELECT function_name FROM duckdb_functions() WHERE function_name LIKE '\\_\\_duckllm\\_%' ESCAPE '\\'").fetchall()}
     engine = engine or default_engine()
-    for name, (build, result_type) in FUNCTIONS.items():
+    for name, (build, result_type, to_arrow) in FUNCTIONS.items():
         if name not in existing:
-            con.create_function(name, _vectorised(engine, build, result_type), ["VARCHAR", "VARCHAR"],
+            con.create_function(name, _vectorised(engine, build, result_type, to_arrow), ["VARCHAR", "VARCHAR"],
                                 _duckdb_type(result_type), type="arrow", null_handling="special",
                                 side_effects=False)
+    if "__duckllm_extract_structure" not in existing:   # evaluated once, when a query is bound
+        con.create_function("__duckllm_extract_structure", extract.json_structure, ["VARCHAR"], "VARCHAR",
+                            side_effects=False)
     if "__duckllm_stats" not in existing:
         con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
     con.execute("SET VARIABLE duckllm_model = ?", [model])

@@ -6,15 +6,56 @@
 -- TEMP: the macros live with the connection and are never written into a database file.
 
 CREATE OR REPLACE TEMP MACRO llm_classify(text, labels, options := NULL, descriptions := NULL,
-                                          instructions := NULL, model := NULL, confidence := NULL) AS
+                                          instructions := NULL, examples := NULL, nearest := NULL,
+                                          preselect := NULL, model := NULL, confidence := NULL) AS
     __duckllm_classify(text, to_json({'labels': labels, 'options': options,
-        'descriptions': descriptions, 'instructions': instructions,
+        'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
+        'nearest': nearest, 'preselect': preselect,
         'model': coalesce(model, getvariable('duckllm_model')), 'confidence': confidence,
         'cache': getvariable('duckllm_cache')})::VARCHAR);
 
-CREATE OR REPLACE TEMP MACRO llm_clean(text, instructions := NULL, options := NULL, model := NULL) AS
-    __duckllm_clean(text, to_json({'instructions': instructions, 'options': options,
+CREATE OR REPLACE TEMP MACRO llm_clean(text, instructions := NULL, options := NULL, examples := NULL,
+                                       model := NULL) AS
+    __duckllm_clean(text, to_json({'instructions': instructions, 'options': options, 'examples': examples,
         'model': coalesce(model, getvariable('duckllm_model')),
+        'cache': getvariable('duckllm_cache')})::VARCHAR);
+
+-- The pair travels as one JSON text, so dedup and the cache key on the pair; NULL if either is.
+CREATE OR REPLACE TEMP MACRO llm_match(a, b, instructions := NULL, options := NULL, examples := NULL,
+                                       model := NULL) AS
+    __duckllm_match(CASE WHEN trim(a::VARCHAR) = '' OR trim(b::VARCHAR) = '' THEN ''
+                         ELSE to_json([a::VARCHAR, b::VARCHAR])::VARCHAR END,
+        to_json({'instructions': instructions, 'options': options, 'examples': examples,
+        'model': coalesce(model, getvariable('duckllm_model')),
+        'cache': getvariable('duckllm_cache')})::VARCHAR);
+
+-- Typed by the schema: the UDF answers JSON, read here into STRUCT(<fields>, confidence, note).
+CREATE OR REPLACE TEMP MACRO llm_extract(text, schema, instructions := NULL, options := NULL,
+                                         model := NULL) AS
+    from_json(__duckllm_extract(text, to_json({'schema': schema, 'instructions': instructions,
+        'options': options, 'model': coalesce(model, getvariable('duckllm_model')),
+        'cache': getvariable('duckllm_cache')})::VARCHAR),
+        __duckllm_extract_structure(to_json(schema)::VARCHAR));
+
+CREATE OR REPLACE TEMP MACRO llm_entities(text, types := ['PER', 'ORG', 'LOC', 'MISC'], descriptions := NULL,
+                                          instructions := NULL, max_entities := NULL, options := NULL,
+                                          model := NULL) AS
+    __duckllm_entities(text, to_json({'types': types, 'descriptions': descriptions,
+        'instructions': instructions, 'max_entities': max_entities, 'options': options,
+        'model': coalesce(model, getvariable('duckllm_model')),
+        'cache': getvariable('duckllm_cache')})::VARCHAR);
+
+CREATE OR REPLACE TEMP MACRO llm_classify_multi(text, labels, descriptions := NULL, instructions := NULL,
+                                                threshold := NULL, options := NULL, model := NULL) AS
+    __duckllm_classify_multi(text, to_json({'labels': labels, 'descriptions': descriptions,
+        'instructions': instructions, 'threshold': threshold, 'options': options,
+        'model': coalesce(model, getvariable('duckllm_model')),
+        'cache': getvariable('duckllm_cache')})::VARCHAR);
+
+CREATE OR REPLACE TEMP MACRO llm_enrich(text, question, max_tokens := NULL, examples := NULL,
+                                        options := NULL, model := NULL) AS
+    __duckllm_enrich(text, to_json({'question': question, 'max_tokens': max_tokens, 'examples': examples,
+        'options': options, 'model': coalesce(model, getvariable('duckllm_model')),
         'cache': getvariable('duckllm_cache')})::VARCHAR);
 
 -- Cumulative counters of this process: calls, rows, cache and dedup hits, tokens, seconds, device.

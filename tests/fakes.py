@@ -1,41 +1,61 @@
-"""A fake runtime: answers instantly and records what it was asked."""
+"""A fake runtime: runs the answer programs with simple rules, instantly, and records the texts."""
 from __future__ import annotations
 
 import math
+import re
 
 from duckllm.prompt_format import FORMATS
-from duckllm.runtime import Choice, Generation, Usage
+from duckllm.runtime import Answer, Choice, Generation, Pick, Say, Usage, Write
 
 
 class FakeRuntime:
-    """choose: the first option named in the text, else the first option; generate: title case."""
+    """Pick: the first option named in the text (an or_end Pick: each named option once, then
+    the end), else the first option; Write: text title-cased, the first number, or the first
+    capitalised word of the text for a span."""
 
     def __init__(self):
         self.format = FORMATS["chatml"]
         self.usage = Usage()
-        self.calls: list[tuple[str, list[str]]] = []
+        self.calls: list[list[str]] = []
 
-    def choose(self, prompt, texts, options, on_done=None, score_rest=True):
-        self.calls.append(("choose", list(texts)))
+    def run(self, prompt, texts, program, answer_tokens, on_done=None):
+        self.calls.append(list(texts))
         out = []
-        for text in texts:
-            index = next((i for i, o in enumerate(options) if o.lower() in text.lower()), 0)
-            p = 0.9 if index or options[0].lower() in text.lower() else 0.4
-            out.append(Choice(index=index, token_logprobs=[math.log(p)], choice_logprob=math.log(p)))
-            self.answered(len(out) - 1, out[-1], on_done)
-        return out
-
-    def generate(self, prompt, texts, max_tokens, per_input_token=0.0, on_done=None):
-        self.calls.append(("generate", list(texts)))
-        out = []
-        for text in texts:
-            out.append(Generation(text=" ".join(text.split()).title(), token_logprobs=[math.log(0.8)]))
-            self.answered(len(out) - 1, out[-1], on_done)
+        for i, text in enumerate(texts):
+            steps, reply, used = program(i, len(text.split())), None, set()
+            try:
+                while True:
+                    reply = self.answer(steps.send(reply), text, used)
+            except StopIteration as stop:
+                out.append(Answer(stop.value))
+            self.answered(i, out[-1], on_done)
         return out
 
     def answered(self, i, answer, on_done):
         if on_done:
             on_done(i, answer)
+
+    @staticmethod
+    def answer(step, text, used):
+        if isinstance(step, Say):
+            return None
+        if isinstance(step, Pick):
+            named = [i for i, o in enumerate(step.options) if o.strip().lower() in text.lower()]
+            if step.or_end:
+                named = [i for i in named if i not in used]
+                index = named[0] if named else len(step.options)
+                used.add(index)
+            else:
+                index = named[0] if named else 0
+            p = 0.9 if named else 0.4
+            return Choice(index=index, token_logprobs=[math.log(p)], choice_logprob=math.log(p))
+        if step.kind == "span":
+            word = re.search(r"\b[A-Z]\w+", text)
+            return Generation(word.group(0) if word else "", [math.log(0.7)])
+        if step.kind in ("integer", "number"):
+            number = re.search(r"-?\d+(\.\d+)?", text)
+            return Generation(number.group(0) if number else "null", [math.log(0.6)])
+        return Generation(" ".join(text.split()).title(), [math.log(0.8)])
 
     def describe(self):
         return {"device": "fake"}

@@ -20,7 +20,7 @@ TEN = "SELECT llm_classify(t, ['refund', 'delivery']) FROM (SELECT 'ticket ' || 
 
 
 def model_rows(runtime):
-    return sum(len(texts) for _, texts in runtime.calls)
+    return sum(len(texts) for texts in runtime.calls)
 
 
 def stats(con):

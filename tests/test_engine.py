@@ -13,7 +13,7 @@ def test_nulls_blanks_and_repeats(fake_runtime):
     assert results[1] is None
     assert results[2] == results[3] == {"label": None, "confidence": None, "note": "empty text"}
     assert [results[i]["label"] for i in (0, 4, 5)] == ["refund", "delivery", "refund"]
-    assert fake_runtime.calls == [("choose", ["refund please", "where is my delivery"])]  # each text once
+    assert fake_runtime.calls == [["refund please", "where is my delivery"]]  # each text once
 
 
 def test_clean_reports_whether_it_changed_the_value(fake_runtime):

@@ -52,7 +52,7 @@ def test_every_token_of_the_chosen_label_is_scored(runtimes):
     runtime = runtimes[1]
     labels = ["card_lost", "card_arrival", "card_payment_fee_charged"]
     task = classify.build(labels)
-    prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+    prompt = runtime.format.split(list(task.messages))
     texts = ["my card never came in the post", "someone stole my card", "why was I charged a card fee"]
     for choice in runtime.choose(prompt, texts, labels):
         label_tokens = runtime.tokenize(labels[choice.index])
@@ -67,7 +67,7 @@ def test_every_token_of_the_chosen_label_is_scored(runtimes):
 def test_constrained_decoding_agrees_with_free_decoding_when_that_lands_on_a_label(runtimes, labels):
     runtime = runtimes[1]
     task = classify.build(labels)
-    prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+    prompt = runtime.format.split(list(task.messages))
     texts = ["win a free prize now", "see you at lunch", "I ordered a burger", "my card never came",
              "I love this, great!", "terrible, awful", "the football match", "the election"]
     free = runtime.generate(prompt, texts, 8)
@@ -82,7 +82,7 @@ def test_constrained_decoding_agrees_with_free_decoding_when_that_lands_on_a_lab
 def test_switching_prompts_reuses_only_the_shared_start_of_the_prefix(small_model_path):
     def answers(runtime, labels, options=None):
         task = classify.build(labels, options)
-        prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+        prompt = runtime.format.split(list(task.messages))
         return [(c.index, c.token_logprobs) for c in runtime.choose(prompt, ["refund me", "where is my parcel"], labels)]
     alone = answers(LlamaRuntime(small_model_path, FORMATS["chatml"], n_parallel=8), LABELS)
     runtime = LlamaRuntime(small_model_path, FORMATS["chatml"], n_parallel=8)
@@ -95,7 +95,7 @@ def test_choice_confidence_needs_no_scoring_of_the_determined_rest(runtimes):
     runtime = runtimes[1]
     labels = ["card_payment_fee_charged", "refund_not_showing_up"]
     task = classify.build(labels)
-    prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+    prompt = runtime.format.split(list(task.messages))
     texts = ["why was I charged a fee", "my refund is missing"]
     full = runtime.choose(prompt, texts, labels)
     before = runtime.usage.generated_tokens
@@ -111,8 +111,8 @@ def test_batched_rows_match_one_row_at_a_time(runtimes):
     task = classify.build(LABELS)
     texts = [line.split(",", 1)[1] for line in (FIXTURES / "tickets.csv").read_text().splitlines()[1:]]
     texts = [t for t in texts if t] * 3
-    prompt = one.format.split(list(task.messages), task.row_before, task.row_after)
-    a, b = one.choose(prompt, texts, task.request.options), many.choose(prompt, texts, task.request.options)
+    prompt = one.format.split(list(task.messages))
+    a, b = one.choose(prompt, texts, LABELS), many.choose(prompt, texts, LABELS)
     assert [c.index for c in a] == [c.index for c in b]
     # llama.cpp's CPU kernels sum in a different order for other batch shapes; on this tiny
     # model that moves a confidence by up to ~0.03 (issue 3 asks for 1e-3: not there yet)
@@ -123,7 +123,7 @@ def test_batched_rows_match_one_row_at_a_time(runtimes):
 def test_an_interrupted_call_leaves_the_model_usable(runtimes):
     runtime = runtimes[1]
     task = classify.build(LABELS)
-    prompt = runtime.format.split(list(task.messages), task.row_before, task.row_after)
+    prompt = runtime.format.split(list(task.messages))
     texts = [f"ticket {i}: my card is lost" for i in range(40)]
     done = []
 
@@ -132,7 +132,7 @@ def test_an_interrupted_call_leaves_the_model_usable(runtimes):
         if len(done) == 10:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        runtime.choose(prompt, texts, LABELS, on_done=stop_after_ten)
+        runtime.run(prompt, texts, task.program, task.answer_tokens, on_done=stop_after_ten)
     again = runtime.choose(prompt, texts, LABELS)   # no cells were left behind
     assert len(again) == 40 and all(c is not None for c in again)
 
@@ -225,7 +225,7 @@ def test_cli_sql_prints_a_table(small_model_path):
 def test_cli_sql_errors_are_one_clean_line(small_model_path):
     result = CliRunner().invoke(main, ["sql", "--model", SMALL_MODEL, "SELECT llm_classify('x', [])"])
     assert result.exit_code == 1
-    assert result.output.strip().endswith("labels is an empty list; pass at least one label, such as ['refund', 'delivery']")
+    assert result.output.strip().endswith("labels is an empty list; pass at least one, such as ['refund', 'delivery']")
 
 
 def test_cli_models_path_prints_the_file_last(small_model_path):

@@ -36,7 +36,7 @@ def test_options_as_struct_or_named_parameters(fake_con, fake_runtime):
     one(fake_con, "SELECT llm_classify('x', ['a', 'b'], {'instructions': 'Pick one.'})")
     one(fake_con, "SELECT llm_classify('y', ['a', 'b'], instructions := 'Pick one.', descriptions := {'a': 'first'})")
     one(fake_con, "SELECT llm_classify('z', ['a', 'b'], descriptions := MAP {'b': 'second'})")
-    assert [c[1] for c in fake_runtime.calls] == [["x"], ["y"], ["z"]]
+    assert fake_runtime.calls == [["x"], ["y"], ["z"]]
 
 
 def test_labels_may_differ_per_row(fake_con):

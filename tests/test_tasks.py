@@ -12,8 +12,8 @@ LABELS = ["refund", "delivery"]
     ("refund", "labels must be a list"),
     ({"a": 1}, "labels must be a list"),
     (["refund", "refund"], "'refund' appears twice"),
-    (["refund", None], "NULL or empty label"),
-    (["refund", "  "], "NULL or empty label"),
+    (["refund", None], "NULL or empty entry"),
+    (["refund", "  "], "NULL or empty entry"),
 ])
 def test_bad_labels_name_the_argument_and_the_fix(labels, message):
     with pytest.raises(ArgumentError, match=message):
@@ -56,7 +56,7 @@ def test_the_task_key_changes_with_everything_that_shapes_the_answer():
 
 def test_from_sql_takes_the_macros_json_arguments():
     task = classify.from_sql({"labels": LABELS, "options": None, "descriptions": None, "model": "m"})
-    assert task.request.options == tuple(LABELS) and task.model == "m"
+    assert next(task.program("x", 1)).options == tuple(LABELS) and task.model == "m"
     assert clean.from_sql({"instructions": "dates as ISO 8601"}).messages[0][1].endswith("dates as ISO 8601")
 
 

@@ -1,50 +1,96 @@
-"""The model runtime seam: batches of rows in, answers out. Knows nothing of DuckDB.
+"""The model runtime seam: rows in, answers out. Knows nothing of DuckDB.
 
-A runtime answers two kinds of request over many rows at once:
-  choose   - pick one of a fixed set of options (constrained decoding over the options' tokens)
-  generate - free text up to a token limit
-Both take a Prompt whose shared part is the same for every row, so a runtime may evaluate it
-once; both return per-token log-probabilities so callers can compute confidences, and call
-on_done(row index, answer) as each row finishes, so callers can keep finished work.
+Every function's answer is a small program, a generator run once per row, that yields steps
+and gets their results back:
+  Say(text)     - text the answer must contain here (a field name, say); fed, not decoded
+  Pick(options) - one of a fixed set of options (constrained decoding over the options' tokens)
+  Write(...)    - free text of a kind (text, integer, number, a span of the row) up to a stop
+and finally returns the answer. The runtime runs the programs of many rows at once, so every
+function gets batching, prefix reuse and constrained decoding from one place; results carry
+per-token log-probabilities so callers can compute confidences.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Generator, Protocol, Sequence, Union
 
 from ..prompt_format import Format, Prompt
+
+KINDS = ("text", "integer", "number", "span")
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True)
+class Pick:
+    options: tuple[str, ...]
+    stop: str | None = None      # written after the option; None: the option ends the answer
+    or_end: bool = False         # the answer may end here instead: Choice.index == len(options)
+    score_rest: bool = True      # score every token of the option, not just those decoded
+
+
+@dataclass(frozen=True)
+class Write:
+    max_tokens: int
+    kind: str = "text"           # text | integer | number | span (a piece of `source`)
+    stop: str | None = None      # a line ends the value ('\n'); None: the value ends the answer
+    source: str | None = None    # span: the text the value must be copied from
+    or_end: bool = False         # with a stop, the answer may also end here: Generation.ended
+
+
+Step = Union[Say, Pick, Write]
+Program = Generator[Step, Any, Any]
 
 
 @dataclass
 class Choice:
-    index: int                     # which option was chosen
+    index: int                     # which option was chosen (len(options): the answer ended)
     token_logprobs: list[float]    # log P(token) over the whole vocabulary, per token of the option
     choice_logprob: float          # log P(option) when decoding may only produce the options
-    truncated: bool = False        # the row's text was cut to fit the context
 
 
 @dataclass
 class Generation:
     text: str
-    token_logprobs: list[float]    # per token of text (the end token is not part of the answer)
+    token_logprobs: list[float]    # per token of text (stops and the end token are not part of it)
+    hit_limit: bool = False        # stopped at max tokens, not at its stop
+    ended: bool = False            # the answer ended with this value
+
+
+@dataclass
+class Answer:
+    value: Any                     # what the row's program returned
     truncated: bool = False        # the row's text was cut to fit the context
-    hit_limit: bool = False        # stopped at max tokens, not at the end of the answer
 
 
 @dataclass
 class Usage:
     prompt_tokens: int = 0      # row prompts evaluated (the shared prefix is not counted)
-    generated_tokens: int = 0   # answer tokens fed back: decoded, or fed only to be scored
+    generated_tokens: int = 0   # answer tokens fed back: decoded, said, or fed only to be scored
+
+
+def answer_bound(text: str) -> int:
+    """Tokens an answer step can take at most: a token covers at least one byte."""
+    return len(text.encode("utf-8")) + 2
 
 
 class Runtime(Protocol):
     format: Format
     usage: Usage
 
-    def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str],
-               on_done: Callable[[int, Choice], None] | None = None, score_rest: bool = True) -> list[Choice]: ...
-
-    def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int, per_input_token: float = 0.0,
-                 on_done: Callable[[int, Generation], None] | None = None) -> list[Generation]: ...
+    def run(self, prompt: Prompt, texts: Sequence[str], program: Callable[[int, int], Program],
+            answer_tokens: Callable[[int], int],
+            on_done: Callable[[int, Answer], None] | None = None) -> list[Answer]:
+        """Answer each text: program(i, n_text_tokens) is row i's answer program;
+        answer_tokens(n_text_tokens) bounds its length (the KV cells reserved for it)."""
+        ...
 
     def describe(self) -> dict: ...
+
+
+def single(step: Step) -> Program:
+    """The program of one step, answering with that step's result."""
+    return (yield step)

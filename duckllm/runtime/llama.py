@@ -15,7 +15,7 @@ import math
 import os
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,9 +24,15 @@ import numpy as np
 from .. import cancel
 from ..errors import ArgumentError, ModelError
 from ..prompt_format import Format, detect
-from . import Choice, Generation, Prompt, Usage
+from . import (Answer, Choice, Generation, Pick, Program, Prompt, Say, Usage, Write, answer_bound,
+               single)
 
 PREFIX_SEQ = 0
+SPAN_CANDIDATES = 64      # a span's next token is the likeliest of this many that stays in the source
+_KIND_CHARS = {           # what integer and number values may be written with ('null' included)
+    "integer": set(" 0123456789-+,nul"),
+    "number": set(" 0123456789-+.,eE%nul"),
+}
 
 
 def physical_cores() -> int:
@@ -62,19 +68,17 @@ def _quiet_llama_logs(llama_cpp) -> None:
 
 @dataclass
 class _Row:
-    """One row in flight: its KV sequence, next position, and what it has answered so far."""
+    """One row in flight: its KV sequence, next position, and its answer program's state."""
     index: int
     seq: int
     pos: int
-    started: bool = False                 # its prompt has been fed
-    token_logprobs: list[float] = field(default_factory=list)   # the answer's tokens, not its end
-    choice_logprob: float = 0.0
-    node: dict | None = None              # choose: current trie node
-    score_rest: bool = True               # choose: score an option's tokens after it is determined
-    tokens: list[int] = field(default_factory=list)  # generate: tokens produced
-    limit: int = 0
-    truncated: bool = False
-    cells: int = 0                        # KV cells reserved: prompt + longest answer
+    end: int                              # first KV position past the cells reserved for it
+    truncated: bool
+    program: object                       # the row's answer program (a generator)
+    step: object = None                   # the decision step in progress (_Picking, _Writing)
+    reply: object = None                  # what the program is sent next
+    ended: bool = False                   # the answer's end token was chosen: nothing may follow
+    value: object = None
     done: bool = False
 
 
@@ -131,6 +135,9 @@ class LlamaRuntime:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, self.n_parallel + 1)
         self._prefix: list[int] = []
         self._end_tokens = self.tokenize(self.format.end, special=True)
+        self._pieces: list[str] | None = None
+        self._masks: dict = {}
+        self._tries: dict = {}
 
     # ---- resources -------------------------------------------------------------------------
 
@@ -186,38 +193,52 @@ class LlamaRuntime:
     def _is_end(self, token: int) -> bool:
         return token in self._end_tokens or bool(self._c.llama_vocab_is_eog(self._vocab, token))
 
+    def _piece_texts(self) -> list[str]:
+        """Every token's text (control tokens are empty), for the kinds' token masks."""
+        if self._pieces is None:
+            self._pieces = [self.detokenize([t]) for t in range(self.n_vocab)]
+        return self._pieces
+
+    def _mask(self, kind: str, stop: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens that continue a value of this kind, tokens that close it with its stop)."""
+        key = (kind, stop)
+        if key not in self._masks:
+            chars = _KIND_CHARS.get(kind)
+            go, close = np.zeros(self.n_vocab, bool), np.zeros(self.n_vocab, bool)
+            for t, piece in enumerate(self._piece_texts()):
+                if not piece:
+                    continue
+                if stop and stop in piece:
+                    before = piece.split(stop, 1)[0]
+                    close[t] = chars is None or all(c in chars for c in before)
+                else:
+                    go[t] = chars is None or all(c in chars for c in piece)
+            self._masks[key] = (go, close)
+        return self._masks[key]
+
     # ---- requests --------------------------------------------------------------------------
 
+    def run(self, prompt: Prompt, texts: Sequence[str], program: Callable[[int, int], Program],
+            answer_tokens: Callable[[int], int],
+            on_done: Callable[[int, Answer], None] | None = None) -> list[Answer]:
+        with self._lock:
+            return self._run(prompt, texts, program, answer_tokens, on_done)
+
     def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str],
-               on_done: Callable[[int, Choice], None] | None = None, score_rest: bool = True) -> list[Choice]:
-        """score_rest=False stops at the token that determines the option: its choice_logprob is
-        complete, its token_logprobs cover only the tokens decoded."""
-        paths = [self.tokenize(option) + self._end_tokens for option in options]
-        trie = _trie(paths)
+               score_rest: bool = True) -> list[Choice]:
+        """One Pick per row. score_rest=False stops at the token that determines the option:
+        its choice_logprob is complete, its token_logprobs cover only the tokens decoded."""
+        step = Pick(tuple(options), score_rest=score_rest)
+        bound = max(answer_bound(o) for o in options)
+        return [a.value for a in self.run(prompt, texts, lambda i, n: single(step), lambda n: bound)]
 
-        def start(row: _Row) -> None:
-            row.node, row.score_rest = trie, score_rest
-
-        def finish(row: _Row) -> Choice:
-            return Choice(index=row.node["index"], token_logprobs=row.token_logprobs,
-                          choice_logprob=row.choice_logprob, truncated=row.truncated)
-        with self._lock:
-            return self._run(prompt, texts, lambda n: max(len(p) for p in paths),
-                             start, self._step_choose, finish, on_done)
-
-    def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int, per_input_token: float = 0.0,
-                 on_done: Callable[[int, Generation], None] | None = None) -> list[Generation]:
-        def finish(row: _Row) -> Generation:
-            ended = bool(row.tokens) and self._is_end(row.tokens[-1])
-            return Generation(text=self.detokenize(row.tokens[:-1] if ended else row.tokens),
-                              token_logprobs=row.token_logprobs, truncated=row.truncated, hit_limit=not ended)
-        with self._lock:
-            return self._run(prompt, texts, lambda n: max_tokens + math.ceil(per_input_token * n),
-                             None, self._step_generate, finish, on_done, per_input_token)
+    def generate(self, prompt: Prompt, texts: Sequence[str], max_tokens: int) -> list[Generation]:
+        step = Write(max_tokens)
+        return [a.value for a in self.run(prompt, texts, lambda i, n: single(step), lambda n: max_tokens + 1)]
 
     # ---- scheduling ------------------------------------------------------------------------
 
-    def _run(self, prompt: Prompt, texts, answer_limit, start, step, finish, on_done, per_input=0.0) -> list:
+    def _run(self, prompt: Prompt, texts, program, answer_tokens, on_done) -> list[Answer]:
         """Continuous batching: the shared prefix is evaluated once (sequence 0); rows take free
         sequences as earlier rows finish, so one llama_decode carries new rows' prompts and the
         answer tokens of rows in flight together."""
@@ -230,54 +251,48 @@ class LlamaRuntime:
         free_seqs = list(range(self.n_parallel, 0, -1))
         in_flight: dict[int, _Row] = {}
         used = 0                    # KV cells reserved by the rows in flight
-        feeds: list[tuple[_Row, list[int]]] = []
+        feeds: list[tuple[_Row, list]] = []
         try:
             while pending or feeds:
                 cancel.check()
+                admitted = []
                 while pending and free_seqs:
                     i = pending[0]
-                    tokens, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_limit, per_input, room)
+                    tokens, n_text, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_tokens, room)
                     if in_flight and used + len(tokens) + limit > room:
                         break       # wait for rows in flight to free their cells
                     pending.popleft()
-                    row = _Row(index=i, seq=free_seqs.pop(), pos=len(shared), limit=limit,
-                               truncated=truncated, cells=len(tokens) + limit)
-                    if start:
-                        start(row)
+                    row = _Row(index=i, seq=free_seqs.pop(), pos=len(shared), truncated=truncated,
+                               end=len(shared) + len(tokens) + limit, program=program(i, n_text))
                     self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
                     self._c.llama_memory_seq_cp(self._memory, PREFIX_SEQ, row.seq, -1, -1)
                     in_flight[row.seq] = row
-                    used += row.cells
-                    feeds.append((row, tokens))
+                    used += row.end - row.pos
                     self.usage.prompt_tokens += len(tokens)
-                items, wanted_by = [], []
-                for row, tokens in feeds:
-                    if row.started:
-                        self.usage.generated_tokens += len(tokens)
-                    row.started = True
-                    for j, token in enumerate(tokens):
-                        want = row.done or j == len(tokens) - 1   # done rows: score every fed token
-                        items.append((token, row.pos + j, (row.seq,), want))
-                        if want:
-                            wanted_by.append(row)
-                    row.pos += len(tokens)
-                fed = [row for row, _ in feeds]
+                    self.usage.generated_tokens -= len(tokens)   # counted as fed below
+                    self._advance(row, None, feeds, said=tokens)
+                    admitted.append(row)
+                items, callbacks = [], []
+                for row, fed in feeds:
+                    if row.pos + len(fed) > row.end:
+                        raise ModelError(f"an answer outgrew the {row.end - row.pos} KV cells reserved for it "
+                                         f"(a bug in duckllm: please report it)")
+                    self.usage.generated_tokens += len(fed)
+                    for j, (token, callback) in enumerate(fed):
+                        items.append((token, row.pos + j, (row.seq,), callback is not None))
+                        if callback is not None:
+                            callbacks.append(callback)
+                    row.pos += len(fed)
+                touched = admitted + [row for row, _ in feeds]
                 feeds = []
-
-                def observe(row: _Row, logits: np.ndarray) -> None:
-                    if row.done:    # choose: scoring the determined rest of an option
-                        token = row.node["path"][len(row.token_logprobs)]
-                        row.token_logprobs.append(float(logits[token]) - _logsumexp(logits))
-                    else:
-                        step(row, logits, feeds)
-                self._decode(items, wanted_by, observe)
-                for row in fed:
-                    if row.done and not any(r is row for r, _ in feeds):
-                        results[row.index] = finish(row)
+                self._decode(items, callbacks, lambda callback, logits: callback(logits, feeds))
+                for row in touched:
+                    if row.done and row.seq in in_flight:
+                        results[row.index] = Answer(row.value, row.truncated)
                         if on_done:
                             on_done(row.index, results[row.index])
                         del in_flight[row.seq]
-                        used -= row.cells
+                        used -= row.end - len(shared)
                         free_seqs.append(row.seq)
                         self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
         finally:
@@ -285,17 +300,55 @@ class LlamaRuntime:
                 self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
         return results
 
-    def _fit(self, text_tokens, tail, answer_limit, per_input, room):
-        """Cut a row's text so text + tail + answer fit the room left after the prefix."""
-        fixed = answer_limit(0)
-        budget = int((room - len(tail) - fixed) / (1 + per_input))
-        if budget < 1:
+    def _advance(self, row: _Row, logits, feeds, said=()) -> None:
+        """Drive a row's program: its decision step takes the logits after the row's last fed
+        token; a finished step's result goes to the program, whose Say texts are gathered and
+        fed before its next decision. logits is None where nothing new was fed."""
+        said = list(said)
+        while True:
+            step = row.step
+            if step is not None and step.result is None:
+                fed = step.take(logits, lambda lg, fs: self._advance(row, lg, fs))
+                if fed:
+                    feeds.append((row, fed))
+                    return
+            if step is not None:
+                row.reply, row.step = step.result, None
+                row.ended = row.ended or step.ended
+            try:
+                nxt = row.program.send(row.reply)
+            except StopIteration as stop:
+                row.value, row.done = stop.value, True
+                return
+            if row.ended:
+                raise ModelError("an answer program went on after its answer ended (a bug in duckllm)")
+            row.reply = None
+            if isinstance(nxt, Say):
+                said += self.tokenize(nxt.text)
+                continue
+            row.step = _Picking(self, nxt) if isinstance(nxt, Pick) else _Writing(self, nxt, row.end - row.pos - len(said))
+            if said:      # the decision needs the logits after what was said
+                feeds.append((row, [(t, None) for t in said[:-1]] +
+                              [(said[-1], lambda lg, fs: self._advance(row, lg, fs))]))
+                return
+            if logits is None:
+                raise ModelError("an answer program decided before anything was fed (a bug in duckllm)")
+
+    def _fit(self, text_tokens, tail, answer_tokens, room):
+        """Cut a row's text so text + tail + its answer's bound fit the room left after the prefix."""
+        avail = room - len(tail)
+        n = len(text_tokens)
+        if n + answer_tokens(n) > avail:
+            lo, hi = 0, n               # the longest cut that fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if mid + answer_tokens(mid) <= avail else (lo, mid - 1)
+            n = lo
+        if n < 1:
             raise ArgumentError(f"the instructions and labels take {self.n_ctx - room} of the model's "
                                 f"{self.n_ctx} context tokens, leaving no room for the text; shorten them "
                                 f"or set DUCKLLM_CONTEXT higher")
-        truncated = len(text_tokens) > budget
-        text_tokens = text_tokens[:budget]
-        return text_tokens + tail, answer_limit(len(text_tokens)), truncated
+        return text_tokens[:n] + tail, n, answer_tokens(n), n < len(text_tokens)
 
     def _add_bos(self) -> bool:
         return bool(self._c.llama_vocab_get_add_bos(self._vocab))
@@ -312,37 +365,17 @@ class LlamaRuntime:
         self._decode([(t, keep + j, (PREFIX_SEQ,), False) for j, t in enumerate(shared[keep:])])
         self._prefix = list(shared)
 
-    def _step_choose(self, row: _Row, logits: np.ndarray, feeds) -> None:
-        """Walk the option trie: pick the likeliest allowed token where options diverge; once one
-        option is left, feed its remaining tokens in one go, only to score them. The end token
-        decides between an option and a longer one it prefixes, but is not part of the answer."""
-        children = row.node["children"]
-        allowed = np.fromiter(children, dtype=np.int64)
-        scores = logits[allowed]
-        pick = int(allowed[np.argmax(scores)])
-        row.choice_logprob += float(logits[pick]) - _logsumexp(scores)
-        row.node = children[pick]
-        if pick not in self._end_tokens:
-            row.token_logprobs.append(float(logits[pick]) - _logsumexp(logits))
-        if "index" not in row.node:       # options still diverge below: decode the next token
-            feeds.append((row, [pick]))
-            return
-        row.done = True                   # determined: one option left below this node
-        rest = row.node["path"][len(row.token_logprobs):-1]
-        if rest and row.score_rest:       # feed all but the last token, only to score the rest
-            feeds.append((row, [pick] + rest[:-1]))
-
-    def _step_generate(self, row: _Row, logits: np.ndarray, feeds) -> None:
-        token = int(np.argmax(logits))
-        row.tokens.append(token)
-        if self._is_end(token):
-            row.done = True
-            return
-        row.token_logprobs.append(float(logits[token]) - _logsumexp(logits))
-        if len(row.tokens) >= row.limit:
-            row.done = True
-        else:
-            feeds.append((row, [token]))
+    def _trie_of(self, options: tuple[str, ...], stop: str | None, or_end: bool) -> tuple[dict, list[int]]:
+        """The options' token trie, and each option's content length (its tokens before the stop)."""
+        key = (options, stop, or_end)
+        if key not in self._tries:
+            closing = self._end_tokens if stop is None else self.tokenize(stop)
+            paths = [self.tokenize(o) + closing for o in options] + ([list(self._end_tokens)] if or_end else [])
+            content = [len(p) - len(closing) for p in paths[:len(options)]] + ([0] if or_end else [])
+            if len(self._tries) > 64:
+                self._tries.clear()
+            self._tries[key] = (_trie(paths), content)
+        return self._tries[key]
 
     # ---- llama_decode ----------------------------------------------------------------------
 
@@ -401,3 +434,137 @@ def _trie(paths: list[list[int]]) -> dict:
                 mark(child, path)
     mark(root, [])
     return root
+
+
+class _Picking:
+    """A Pick in progress: walk the options' trie, choosing the likeliest allowed token where
+    options diverge; once one option is left, feed its remaining tokens in one go, scoring them.
+    A stop token (or the end token) tells an option from a longer one it prefixes; it is fed
+    but not part of the option's tokens."""
+
+    def __init__(self, runtime: LlamaRuntime, step: Pick):
+        self.step = step
+        self.node, self.content = runtime._trie_of(step.options, step.stop, step.or_end)
+        self.depth = 0
+        self.logprobs: list[float] = []
+        self.choice_logprob = 0.0
+        self.result: Choice | None = None
+        self.ended = False
+
+    def take(self, logits: np.ndarray, advance) -> list:
+        children = self.node["children"]
+        allowed = np.fromiter(children, dtype=np.int64)
+        scores = logits[allowed]
+        pick = int(allowed[np.argmax(scores)])
+        self.choice_logprob += float(logits[pick]) - _logsumexp(scores)
+        self.node = children[pick]
+        if self.depth < self.content[self.node["options"][0]]:
+            self.logprobs.append(float(logits[pick]) - _logsumexp(logits))
+        self.depth += 1
+        if "index" not in self.node:          # options still diverge below: decode the next token
+            return [(pick, advance)]
+        index, path = self.node["index"], self.node["path"]
+        self.result = Choice(index, self.logprobs, self.choice_logprob)
+        self.ended = self.step.stop is None or index == len(self.step.options)
+        fed = [pick] + path[self.depth:]      # fed[j] is followed by path[depth + j]
+        callbacks = [None] * len(fed)
+        if self.step.score_rest:
+            for j in range(len(fed) - 1):
+                if self.depth + j < self.content[index]:
+                    callbacks[j] = self._scorer(path[self.depth + j])
+        if not self.ended:
+            callbacks[-1] = advance
+            return list(zip(fed, callbacks))
+        scored = [j for j, c in enumerate(callbacks) if c]
+        if not scored:                        # nothing left to score: the end token is never fed
+            return []
+        last = scored[-1]
+        score_last = callbacks[last]
+        callbacks[last] = lambda lg, fs: (score_last(lg, fs), advance(None, fs))
+        return list(zip(fed[:last + 1], callbacks[:last + 1]))
+
+    def _scorer(self, token: int):
+        return lambda logits, feeds: self.logprobs.append(float(logits[token]) - _logsumexp(logits))
+
+
+class _Writing:
+    """A Write in progress: the likeliest token its kind allows, until its stop (a token that
+    holds the stop closes the value), the end token (when it has no stop) or its token limit."""
+
+    def __init__(self, runtime: LlamaRuntime, step: Write, room: int):
+        self.rt, self.step = runtime, step
+        self.stop_tokens = runtime.tokenize(step.stop) if step.stop else []
+        self.max_tokens = max(1, min(step.max_tokens, room - len(self.stop_tokens) - 1))
+        self.masks = runtime._mask(step.kind, step.stop) if step.kind in _KIND_CHARS or step.stop else None
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.result: Generation | None = None
+        self.ended = False
+
+    def take(self, logits: np.ndarray, advance) -> list:
+        token, closes = self._pick(logits)
+        if token is None:                      # a span with nowhere left to go in its source
+            self._set_result()
+            return self._write_stop(advance)
+        logprob = float(logits[token]) - _logsumexp(logits)
+        if self.rt._is_end(token):
+            self._set_result(ended=True)
+            return []
+        if closes:                             # e.g. '\n' or '.\n': keep what precedes the stop
+            closing = self.rt._piece_texts()[token].split(self.step.stop, 1)[0]
+            if closing:
+                self.logprobs.append(logprob)
+            self._set_result(closing=closing)
+            return [(token, advance)]
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        if len(self.tokens) >= self.max_tokens:
+            self._set_result(hit_limit=True)
+            return [] if self.ended else [(token, None)] + self._write_stop(advance)
+        return [(token, advance)]
+
+    def _set_result(self, ended=False, hit_limit=False, closing="") -> None:
+        self.ended = ended or self.step.stop is None
+        self.result = Generation(self.rt.detokenize(self.tokens) + closing, self.logprobs,
+                                 hit_limit=hit_limit, ended=self.ended)
+
+    def _write_stop(self, advance) -> list:
+        if self.ended:
+            return []
+        return [(t, None) for t in self.stop_tokens[:-1]] + [(self.stop_tokens[-1], advance)]
+
+    def _pick(self, logits: np.ndarray) -> tuple[int | None, bool]:
+        step = self.step
+        if step.kind == "span":
+            return self._pick_span(logits)
+        if self.masks is None:                 # free text to the end of the answer
+            return int(np.argmax(logits)), False
+        go, close = self.masks
+        allowed = go | close
+        if step.stop is None or step.or_end:
+            allowed[self.rt._end_tokens] = True
+        token = int(np.argmax(np.where(allowed, logits, -np.inf)))
+        return token, bool(close[token])
+
+    def _pick_span(self, logits: np.ndarray) -> tuple[int | None, bool]:
+        """The likeliest of the top candidates that keeps the value a piece of the source."""
+        source, stop, pieces = self.step.source or "", self.step.stop, self.rt._piece_texts()
+        value = self.rt.detokenize(self.tokens)
+        top = np.argpartition(logits, -SPAN_CANDIDATES)[-SPAN_CANDIDATES:]
+        for token in top[np.argsort(-logits[top])]:
+            token = int(token)
+            if self.rt._is_end(token):
+                if (stop is None or self.step.or_end) and value.strip():
+                    return token, False
+                continue
+            piece = pieces[token]
+            if not piece:
+                continue
+            if stop and stop in piece:
+                if value.strip() and (value + piece.split(stop, 1)[0]).strip() in source:
+                    return token, True
+                continue
+            candidate = (value + piece).lstrip()
+            if candidate and candidate in source:
+                return token, False
+        return None, False

@@ -10,18 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ArgumentError
-
-
-@dataclass(frozen=True)
-class Choose:
-    options: tuple[str, ...]
-    score_rest: bool = True        # score every token of the chosen option (mean-token confidence)
-
-
-@dataclass(frozen=True)
-class Generate:
-    max_tokens: int
-    per_input_token: float = 0.0   # extra tokens allowed per token of input (cleaning echoes its input)
+from ..runtime import Answer, Program
 
 
 @dataclass(frozen=True)
@@ -29,13 +18,13 @@ class Task:
     name: str                                   # the SQL function, e.g. 'llm_classify'
     version: int                                # bump when the prompt changes: keys cached results
     messages: tuple[tuple[str, str], ...]       # shared messages before the row's user turn
-    row_before: str                             # text before the row inside its user turn
-    row_after: str
-    request: Choose | Generate
-    read: Callable[[Any, str], dict]            # runtime answer, row text -> result fields
+    program: Callable[[str, int], Program]      # row text, its token count -> the answer program
+    answer_tokens: Callable[[int], int]         # most tokens the answer takes, for n text tokens
+    read: Callable[[Answer, str], dict]         # the program's answer, row text -> result fields
     empty: dict                                 # result for an empty or whitespace-only text
     model: str | None                           # catalog name or .gguf path; None = default
     key: str                                    # canonical JSON of everything that shapes the answer
+    render: Callable[[str], str] = str          # the row's user message, from its text
 
 
 def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> dict:
@@ -56,3 +45,11 @@ def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> d
 def canonical(*parts) -> str:
     return json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
+
+
+TRUNCATED = "text truncated to fit the model's context"
+
+
+def notes(*problems: str | None) -> str | None:
+    """A result's note: its problems joined, or None when there are none."""
+    return "; ".join(p for p in problems if p) or None

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 from ..confidence import choice_prob, mean_token_prob
 from ..errors import ArgumentError
-from . import Choose, Task, canonical, parse_options
+from ..runtime import Pick, answer_bound
+from . import TRUNCATED, Task, canonical, examples, parse_options
 
 FUNCTION = "llm_classify"
 VERSION = 2
-OPTIONS = {"descriptions", "instructions", "model", "confidence"}
+OPTIONS = {"descriptions", "instructions", "model", "confidence", "examples", "nearest", "preselect"}
 CONFIDENCE_METHODS = ("mean_token", "choice")
 DEFAULT_CONFIDENCE = "mean_token"  # higher mean AUROC on the default model (README, Confidence)
+PRESELECT_ABOVE = 200   # label sets larger than this are narrowed per row by default ...
+PRESELECT_TOP = 32      # ... to this many labels, the most similar to the row's text
 
 DEFAULT_INSTRUCTIONS = "Classify the text the user sends into exactly one of the labels below."
+ANSWER_RULE = "Answer with one label from the list, written exactly as above, and nothing else."
 
 
 def from_sql(args: dict) -> Task:
@@ -26,55 +30,101 @@ def build(labels, options=None) -> Task:
     method = opts.get("confidence", DEFAULT_CONFIDENCE)
     if method not in CONFIDENCE_METHODS:
         raise ArgumentError(f"{FUNCTION}: confidence must be one of {', '.join(CONFIDENCE_METHODS)}, got {method!r}")
+    known = set(labels)
+    pairs = examples.parse(FUNCTION, opts.get("examples"),
+                           lambda out: None if out in known else f"the output is not one of the labels")
+    nearest = examples.validate_k(FUNCTION, "nearest", opts.get("nearest"))
+    if nearest and not pairs:
+        raise ArgumentError(f"{FUNCTION}: nearest picks from the examples; pass examples := {examples.SHAPE}")
+    top = examples.validate_k(FUNCTION, "preselect", opts.get("preselect"))
+    if top is None and len(labels) > PRESELECT_ABOVE:
+        top = PRESELECT_TOP
+    top = top if top and top < len(labels) else None
     instructions = opts.get("instructions") or DEFAULT_INSTRUCTIONS
-    lines = [f"- {label}: {descriptions[label]}" if label in descriptions else f"- {label}" for label in labels]
-    system = (f"{instructions}\n\nLabels:\n" + "\n".join(lines) +
-              "\n\nAnswer with one label from the list, written exactly as above, and nothing else.")
+    listed = lambda names: "\n".join(f"- {n}: {descriptions[n]}" if n in descriptions else f"- {n}" for n in names)
+    if top:     # each row lists its own candidates, so the shared prompt lists none
+        system = f"{instructions}\n\nThe labels to choose from come with each text. {ANSWER_RULE}"
+        candidates = _preselector(labels, descriptions, top)
+        render_text = lambda text: f"Labels:\n{listed(candidates(text))}\n\nText: {text}"
+    else:
+        system = f"{instructions}\n\nLabels:\n{listed(labels)}\n\n{ANSWER_RULE}"
+        candidates = lambda text: labels
+        render_text = str
+    messages = [("system", system)]
+    render = render_text
+    if nearest:
+        block = examples.nearest_block(pairs, nearest, str)
+        render = lambda text: block(text) + render_text(text)
+    else:
+        messages += examples.as_turns(pairs, render_text, str)
+    bound = max(answer_bound(label) for label in labels)
 
-    def read(choice, text):
+    def program(text, n_tokens):
+        options = candidates(text)
+        choice = yield Pick(tuple(options), score_rest=method == "mean_token")
+        return options[choice.index], choice
+
+    def read(answer, text):
+        label, choice = answer.value
         confidence = (mean_token_prob(choice.token_logprobs) if method == "mean_token"
                       else choice_prob(choice.choice_logprob))
-        note = "text truncated to fit the model's context" if choice.truncated else None
-        return {"label": labels[choice.index], "confidence": confidence, "note": note}
+        return {"label": label, "confidence": confidence, "note": TRUNCATED if answer.truncated else None}
 
     return Task(
-        name=FUNCTION, version=VERSION, messages=(("system", system),),
-        row_before="", row_after="", request=Choose(tuple(labels), score_rest=method == "mean_token"), read=read,
+        name=FUNCTION, version=VERSION, messages=tuple(messages), program=program,
+        answer_tokens=lambda n: bound, read=read, render=render,
         empty={"label": None, "confidence": None, "note": "empty text"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
     )
 
 
-def validate_labels(labels) -> list[str]:
-    example = "['refund', 'delivery']"
+def _preselector(labels: list[str], descriptions: dict[str, str], top: int):
+    """The top labels for a text, most similar first, by sentence embedding of label + description."""
+    from ..embed import default_embedder
+    embedder = default_embedder()
+    vectors = embedder.encode([f"{n}: {descriptions[n]}" if n in descriptions else n.replace("_", " ")
+                               for n in labels])
+    memo: dict[str, list[str]] = {}
+
+    def candidates(text: str) -> list[str]:
+        if text not in memo:
+            if len(memo) > 4096:
+                memo.clear()
+            memo[text] = [labels[i] for i in embedder.nearest(vectors, text, top)]
+        return memo[text]
+    return candidates
+
+
+def validate_labels(labels, function: str = FUNCTION, what: str = "labels",
+                    example: str = "['refund', 'delivery']") -> list[str]:
     if labels is None:
-        raise ArgumentError(f"{FUNCTION}: labels is NULL; pass a list of labels such as {example}")
+        raise ArgumentError(f"{function}: {what} is NULL; pass a list of {what} such as {example}")
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
-        raise ArgumentError(f"{FUNCTION}: labels must be a list such as {example}, got {labels!r}")
+        raise ArgumentError(f"{function}: {what} must be a list such as {example}, got {labels!r}")
     if not labels:
-        raise ArgumentError(f"{FUNCTION}: labels is an empty list; pass at least one label, such as {example}")
+        raise ArgumentError(f"{function}: {what} is an empty list; pass at least one, such as {example}")
     seen = set()
     for label in labels:
         if label is None or not str(label).strip():
-            raise ArgumentError(f"{FUNCTION}: labels contains a NULL or empty label; remove it from {list(labels)!r}")
+            raise ArgumentError(f"{function}: {what} contains a NULL or empty entry; remove it from {list(labels)!r}")
         if label in seen:
-            raise ArgumentError(f"{FUNCTION}: label {label!r} appears twice in labels; each label must be distinct")
+            raise ArgumentError(f"{function}: label {label!r} appears twice in {what}; each must be distinct")
         seen.add(label)
     return list(labels)
 
 
-def validate_descriptions(labels: list[str], descriptions) -> dict[str, str]:
+def validate_descriptions(labels: list[str], descriptions, function: str = FUNCTION) -> dict[str, str]:
     """Descriptions as a {label: text} STRUCT/MAP, or a list aligned with labels."""
     if descriptions is None:
         return {}
     if isinstance(descriptions, list):
         if len(descriptions) != len(labels):
-            raise ArgumentError(f"{FUNCTION}: descriptions has {len(descriptions)} entries for {len(labels)} labels; "
+            raise ArgumentError(f"{function}: descriptions has {len(descriptions)} entries for {len(labels)} labels; "
                                 f"give one per label, or a STRUCT such as {{'{labels[0]}': '...'}}")
         return {label: d for label, d in zip(labels, descriptions) if d}
     if isinstance(descriptions, dict):
         unknown = [k for k in descriptions if k not in labels]
         if unknown:
-            raise ArgumentError(f"{FUNCTION}: descriptions names {unknown[0]!r}, which is not one of the labels")
+            raise ArgumentError(f"{function}: descriptions names {unknown[0]!r}, which is not one of the labels")
         return {k: v for k, v in descriptions.items() if v}
-    raise ArgumentError(f"{FUNCTION}: descriptions must be a STRUCT {{label: description}} or a list, got {descriptions!r}")
+    raise ArgumentError(f"{function}: descriptions must be a STRUCT {{label: description}} or a list, got {descriptions!r}")

@@ -1,23 +1,28 @@
 """llm_clean: fix typos, spacing, casing and formats in a value; unchanged is a valid answer."""
 from __future__ import annotations
 
+import math
+
 from ..confidence import mean_token_prob
 from ..errors import ArgumentError
-from . import Generate, Task, canonical, parse_options
+from ..runtime import Write, single
+from . import TRUNCATED, Task, canonical, examples, notes, parse_options
 
 FUNCTION = "llm_clean"
 VERSION = 1
-OPTIONS = {"instructions", "model"}
+OPTIONS = {"instructions", "model", "examples"}
 
 SYSTEM = ("You clean one messy data value. Fix typos, spacing, casing and formatting, keeping its "
           "meaning and language. Reply with the cleaned value only. If it is already clean, reply "
           "with it unchanged.")
 # Worked examples, shown as earlier turns: small models follow examples better than rules.
-EXAMPLES = (
+DEFAULT_EXAMPLES = [
     ("jOHN   smiht", "John Smith"),
     ("new yrok city", "New York City"),
     ("Acme Corp.", "Acme Corp."),
-)
+]
+MAX_TOKENS, PER_INPUT_TOKEN = 16, 1.5   # a cleaned value is about as long as its input
+LIMIT_HIT = "answer cut at its token limit"
 
 
 def from_sql(args: dict) -> Task:
@@ -31,23 +36,20 @@ def build(instructions=None, options=None) -> Task:
     opts = parse_options(FUNCTION, options, OPTIONS)
     instructions = instructions or opts.get("instructions")
     system = SYSTEM + (f"\n\n{instructions}" if instructions else "")
-    messages = [("system", system)]
-    for dirty, clean in EXAMPLES:
-        messages += [("user", dirty), ("assistant", clean)]
+    given = examples.parse(FUNCTION, opts.get("examples"))
+    messages = [("system", system)] + examples.as_turns(given or DEFAULT_EXAMPLES, str, str)
+    limit = lambda n: MAX_TOKENS + math.ceil(PER_INPUT_TOKEN * n)
 
-    def read(generation, text):
+    def read(answer, text):
+        generation = answer.value
         value = generation.text.strip()
-        notes = []
-        if generation.truncated:
-            notes.append("text truncated to fit the model's context")
-        if generation.hit_limit:
-            notes.append("answer cut at its token limit")
         return {"value": value, "confidence": mean_token_prob(generation.token_logprobs),
-                "changed": value != text, "note": "; ".join(notes) or None}
+                "changed": value != text,
+                "note": notes(answer.truncated and TRUNCATED, generation.hit_limit and LIMIT_HIT)}
 
     return Task(
-        name=FUNCTION, version=VERSION, messages=tuple(messages), row_before="", row_after="",
-        request=Generate(max_tokens=16, per_input_token=1.5), read=read,
+        name=FUNCTION, version=VERSION, messages=tuple(messages),
+        program=lambda text, n: single(Write(limit(n))), answer_tokens=lambda n: limit(n) + 1, read=read,
         empty={"value": None, "confidence": None, "changed": None, "note": "empty text"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, instructions, opts),
     )

@@ -1,0 +1,46 @@
+"""llm_enrich: a short free answer to a question about each text."""
+from __future__ import annotations
+
+from ..confidence import mean_token_prob
+from ..errors import ArgumentError
+from ..runtime import Write, single
+from . import TRUNCATED, Task, canonical, examples, notes, parse_options
+
+FUNCTION = "llm_enrich"
+VERSION = 1
+OPTIONS = {"model", "examples"}
+DEFAULT_MAX_TOKENS = 32
+MAX_TOKENS_LIMIT = 1024
+
+SYSTEM = ("Answer the question below about the text the user sends. Reply with the answer only, as "
+          "briefly as the question allows, without repeating the question. If the text does not "
+          "tell, answer with your best guess.\n\nQuestion: {question}")
+
+
+def from_sql(args: dict) -> Task:
+    args = dict(args)
+    return build(args.pop("question", None), args.pop("max_tokens", None), args)
+
+
+def build(question, max_tokens=None, options=None) -> Task:
+    if not isinstance(question, str) or not question.strip():
+        raise ArgumentError(f"{FUNCTION}: question must be a non-empty text such as 'Which country is this "
+                            f"address in?', got {question!r}")
+    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise ArgumentError(f"{FUNCTION}: max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+    opts = parse_options(FUNCTION, options, OPTIONS)
+    given = examples.parse(FUNCTION, opts.get("examples"))
+    messages = [("system", SYSTEM.format(question=question.strip()))] + examples.as_turns(given, str, str)
+
+    def read(answer, text):
+        generation = answer.value
+        return {"value": generation.text.strip(), "confidence": mean_token_prob(generation.token_logprobs),
+                "truncated": generation.hit_limit, "note": notes(answer.truncated and TRUNCATED)}
+
+    return Task(
+        name=FUNCTION, version=VERSION, messages=tuple(messages),
+        program=lambda text, n: single(Write(max_tokens)), answer_tokens=lambda n: max_tokens + 1, read=read,
+        empty={"value": None, "confidence": None, "truncated": None, "note": "empty text"},
+        model=opts.get("model"), key=canonical(FUNCTION, VERSION, question, max_tokens, opts),
+    )

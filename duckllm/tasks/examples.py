@@ -1,0 +1,64 @@
+"""Few-shot examples given from SQL: a list of STRUCT(input, output).
+
+All examples go into the shared prompt as earlier chat turns (evaluated once for every row), or,
+with nearest := k, each row gets the k examples most similar to it (by sentence embedding)
+inside its own message.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import ArgumentError
+
+SHAPE = "a list of STRUCTs such as [{'input': 'refund me', 'output': 'refund'}]"
+
+
+def parse(function: str, raw, check_output: Callable[[str], str | None] | None = None) -> list[tuple[str, str]]:
+    """(input, output) pairs; check_output returns a problem with an output, or None."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ArgumentError(f"{function}: examples must be {SHAPE}, got {raw!r}")
+    pairs = []
+    for example in raw:
+        if not isinstance(example, dict) or set(example) != {"input", "output"}:
+            raise ArgumentError(f"{function}: each example must be a STRUCT(input, output); got {example!r}. "
+                                f"examples must be {SHAPE}")
+        given, wanted = example["input"], example["output"]
+        if given is None or wanted is None or not str(given).strip():
+            continue     # a labeled table with gaps: skip its incomplete rows
+        problem = check_output(str(wanted)) if check_output else None
+        if problem:
+            raise ArgumentError(f"{function}: example {given!r} -> {wanted!r}: {problem}")
+        pairs.append((str(given), str(wanted)))
+    return pairs
+
+
+def as_turns(pairs: list[tuple[str, str]], render: Callable[[str], str],
+             answer: Callable[[str], str]) -> list[tuple[str, str]]:
+    """Examples as earlier (user, assistant) chat turns."""
+    turns = []
+    for given, wanted in pairs:
+        turns += [("user", render(given)), ("assistant", answer(wanted))]
+    return turns
+
+
+def nearest_block(pairs: list[tuple[str, str]], k: int, answer: Callable[[str], str]) -> Callable[[str], str]:
+    """A function giving, for a row's text, its k most similar examples as text."""
+    from ..embed import default_embedder
+    embedder = default_embedder()
+    vectors = embedder.encode([given for given, _ in pairs])
+
+    def block(text: str) -> str:
+        picked = embedder.nearest(vectors, text, k)
+        lines = [f"Input: {pairs[i][0]}\nAnswer: {answer(pairs[i][1])}" for i in reversed(picked)]
+        return "Solved examples:\n\n" + "\n\n".join(lines) + "\n\nNow this one.\nInput: "
+    return block
+
+
+def validate_k(function: str, name: str, value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArgumentError(f"{function}: {name} must be a positive integer such as 4, got {value!r}")
+    return value

@@ -1,0 +1,80 @@
+"""llm_match: do two records describe the same real-world thing? Yes or no, with confidence."""
+from __future__ import annotations
+
+import json
+
+from ..confidence import choice_prob
+from ..errors import ArgumentError
+from ..runtime import Pick, single
+from . import TRUNCATED, Task, canonical, examples, parse_options
+
+FUNCTION = "llm_match"
+VERSION = 2
+OPTIONS = {"instructions", "model", "examples"}
+ANSWERS = ("yes", "no")
+# Confidence is P(the answer | yes or no): a model may put most of its mass on 'Yes' rather
+# than 'yes', which makes the mean-token probability of a one-token answer say little.
+
+SYSTEM = ("Decide whether the two records the user sends refer to the same real-world entity: the "
+          "same product, person, organization, place or publication, even when written differently "
+          "or with missing details. Answer yes or no, and nothing else.")
+
+
+def pair(a: str, b: str) -> str:
+    """How the SQL macro hands a pair to the UDF: one text, so dedup and cache key on the pair."""
+    return json.dumps([a, b], ensure_ascii=False)
+
+
+def render(text: str) -> str:
+    a, b = json.loads(text)
+    return f"Record A: {a}\nRecord B: {b}"
+
+
+def from_sql(args: dict) -> Task:
+    args = dict(args)
+    return build(args.pop("instructions", None), args)
+
+
+def build(instructions=None, options=None) -> Task:
+    if instructions is not None and not isinstance(instructions, str):
+        raise ArgumentError(f"{FUNCTION}: instructions must be text, got {instructions!r}")
+    opts = parse_options(FUNCTION, options, OPTIONS)
+    instructions = instructions or opts.get("instructions")
+    system = SYSTEM + (f"\n\n{instructions}" if instructions else "")
+    given = examples.parse(FUNCTION, opts.get("examples"), _check_example)
+    messages = [("system", system)] + examples.as_turns(
+        [(pair(*_example_pair(i)), _yes_no(o)) for i, o in given], render, str)
+
+    def read(answer, text):
+        choice = answer.value
+        return {"match": choice.index == 0, "confidence": choice_prob(choice.choice_logprob),
+                "note": TRUNCATED if answer.truncated else None}
+
+    return Task(
+        name=FUNCTION, version=VERSION, messages=tuple(messages), render=render,
+        program=lambda text, n: single(Pick(ANSWERS)), answer_tokens=lambda n: 4, read=read,
+        empty={"match": None, "confidence": None, "note": "empty record"},
+        model=opts.get("model"), key=canonical(FUNCTION, VERSION, instructions, opts),
+    )
+
+
+def _yes_no(output: str) -> str:
+    return "yes" if output.strip().lower() in ("yes", "true", "match", "1") else "no"
+
+
+def _check_example(output: str) -> str | None:
+    ok = ("yes", "no", "true", "false", "match", "no_match", "1", "0")
+    return None if output.strip().lower() in ok else f"the output must be one of {', '.join(ok)}"
+
+
+def _example_pair(given: str) -> tuple[str, str]:
+    """An example's input is the pair as a two-element JSON list, or two lines."""
+    try:
+        a, b = json.loads(given)
+        return str(a), str(b)
+    except (ValueError, TypeError):
+        a, _, b = given.partition("\n")
+        if not b:
+            raise ArgumentError(f"{FUNCTION}: an example's input must hold both records: a JSON list "
+                                f"['record a', 'record b'] or the two records on two lines; got {given!r}")
+        return a, b
