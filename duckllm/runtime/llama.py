@@ -29,9 +29,9 @@ from . import (Answer, Choice, Generation, Pick, Program, Prompt, Say, Usage, Wr
 
 PREFIX_SEQ = 0
 SPAN_CANDIDATES = 64      # a span's next token is the likeliest of this many that stays in the source
-_KIND_CHARS = {           # what integer and number values may be written with ('null' included)
-    "integer": set(" 0123456789-+,nul"),
-    "number": set(" 0123456789-+.,eE%nul"),
+_KIND_CHARS = {           # what integer and number values may be written with ('null', 'n/a' too)
+    "integer": set(" 0123456789-+,nul/a"),
+    "number": set(" 0123456789-+.,eE%nul/a"),
 }
 
 

@@ -25,6 +25,7 @@ class Task:
     model: str | None                           # catalog name or .gguf path; None = default
     key: str                                    # canonical JSON of everything that shapes the answer
     render: Callable[[str], str] = str          # the row's user message, from its text
+    prepare: Callable[[list[str]], Any] = lambda texts: None   # batch work for a call's texts first
 
 
 def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> dict:

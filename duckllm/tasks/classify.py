@@ -33,18 +33,22 @@ def build(labels, options=None) -> Task:
     known = set(labels)
     pairs = examples.parse(FUNCTION, opts.get("examples"),
                            lambda out: None if out in known else f"the output is not one of the labels")
-    nearest = examples.validate_k(FUNCTION, "nearest", opts.get("nearest"))
-    if nearest and not pairs:
+    k_examples = examples.validate_k(FUNCTION, "nearest", opts.get("nearest"))
+    if k_examples and not pairs:
         raise ArgumentError(f"{FUNCTION}: nearest picks from the examples; pass examples := {examples.SHAPE}")
     top = examples.validate_k(FUNCTION, "preselect", opts.get("preselect"))
     if top is None and len(labels) > PRESELECT_ABOVE:
         top = PRESELECT_TOP
     top = top if top and top < len(labels) else None
     instructions = opts.get("instructions") or DEFAULT_INSTRUCTIONS
+    prepares = []     # batch work before a call's rows are rendered: embeddings
     listed = lambda names: "\n".join(f"- {n}: {descriptions[n]}" if n in descriptions else f"- {n}" for n in names)
     if top:     # each row lists its own candidates, so the shared prompt lists none
         system = f"{instructions}\n\nThe labels to choose from come with each text. {ANSWER_RULE}"
-        candidates = _preselector(labels, descriptions, top)
+        similar = examples.Nearest([f"{n}: {descriptions[n]}" if n in descriptions else n.replace("_", " ")
+                                    for n in labels], top)
+        candidates = lambda text: [labels[i] for i in similar(text)]
+        prepares.append(similar.prepare)
         render_text = lambda text: f"Labels:\n{listed(candidates(text))}\n\nText: {text}"
     else:
         system = f"{instructions}\n\nLabels:\n{listed(labels)}\n\n{ANSWER_RULE}"
@@ -52,8 +56,9 @@ def build(labels, options=None) -> Task:
         render_text = str
     messages = [("system", system)]
     render = render_text
-    if nearest:
-        block = examples.nearest_block(pairs, nearest, str)
+    if k_examples:
+        prepare_block, block = examples.nearest_block(pairs, k_examples, str)
+        prepares.append(prepare_block)
         render = lambda text: block(text) + render_text(text)
     else:
         messages += examples.as_turns(pairs, render_text, str)
@@ -73,26 +78,10 @@ def build(labels, options=None) -> Task:
     return Task(
         name=FUNCTION, version=VERSION, messages=tuple(messages), program=program,
         answer_tokens=lambda n: bound, read=read, render=render,
+        prepare=lambda texts: [prepare(texts) for prepare in prepares],
         empty={"label": None, "confidence": None, "note": "empty text"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
     )
-
-
-def _preselector(labels: list[str], descriptions: dict[str, str], top: int):
-    """The top labels for a text, most similar first, by sentence embedding of label + description."""
-    from ..embed import default_embedder
-    embedder = default_embedder()
-    vectors = embedder.encode([f"{n}: {descriptions[n]}" if n in descriptions else n.replace("_", " ")
-                               for n in labels])
-    memo: dict[str, list[str]] = {}
-
-    def candidates(text: str) -> list[str]:
-        if text not in memo:
-            if len(memo) > 4096:
-                memo.clear()
-            memo[text] = [labels[i] for i in embedder.nearest(vectors, text, top)]
-        return memo[text]
-    return candidates
 
 
 def validate_labels(labels, function: str = FUNCTION, what: str = "labels",

@@ -43,17 +43,37 @@ def as_turns(pairs: list[tuple[str, str]], render: Callable[[str], str],
     return turns
 
 
-def nearest_block(pairs: list[tuple[str, str]], k: int, answer: Callable[[str], str]) -> Callable[[str], str]:
-    """A function giving, for a row's text, its k most similar examples as text."""
-    from ..embed import default_embedder
-    embedder = default_embedder()
-    vectors = embedder.encode([given for given, _ in pairs])
+class Nearest:
+    """For each text, the k items most similar to it by sentence embedding. prepare() embeds a
+    call's texts together up front; answers are remembered for the rows that follow."""
+    REMEMBER = 10_000
+
+    def __init__(self, items: list[str], k: int):
+        from ..embed import default_embedder
+        self.embedder, self.k = default_embedder(), k
+        self.vectors = self.embedder.encode(items)
+        self.memo: dict[str, list[int]] = {}
+
+    def prepare(self, texts) -> None:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if len(self.memo) + len(todo) > self.REMEMBER:
+            self.memo.clear()
+        self.memo.update(zip(todo, self.embedder.nearest(self.vectors, todo, self.k)))
+
+    def __call__(self, text: str) -> list[int]:
+        if text not in self.memo:
+            self.prepare([text])
+        return self.memo[text]
+
+
+def nearest_block(pairs: list[tuple[str, str]], k: int, answer: Callable[[str], str]):
+    """(prepare, block): block(text) is the row's k most similar examples, as text."""
+    nearest = Nearest([given for given, _ in pairs], k)
 
     def block(text: str) -> str:
-        picked = embedder.nearest(vectors, text, k)
-        lines = [f"Input: {pairs[i][0]}\nAnswer: {answer(pairs[i][1])}" for i in reversed(picked)]
+        lines = [f"Input: {pairs[i][0]}\nAnswer: {answer(pairs[i][1])}" for i in reversed(nearest(text))]
         return "Solved examples:\n\n" + "\n\n".join(lines) + "\n\nNow this one.\nInput: "
-    return block
+    return nearest.prepare, block
 
 
 def validate_k(function: str, name: str, value) -> int | None:

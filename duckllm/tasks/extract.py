@@ -14,7 +14,7 @@ from ..runtime import Pick, Say, Write, answer_bound
 from . import TRUNCATED, Task, canonical, notes, parse_options
 
 FUNCTION = "llm_extract"
-VERSION = 1
+VERSION = 2
 OPTIONS = {"instructions", "model"}
 RESERVED = ("confidence", "note")     # the result's own fields beside the schema's
 SCHEMA_EXAMPLE = "{'brand': 'VARCHAR', 'size_gb': 'INTEGER'}"
@@ -32,9 +32,10 @@ ALIASES = {"TEXT": "VARCHAR", "STRING": "VARCHAR", "INT": "INTEGER", "REAL": "FL
            "DECIMAL": "DOUBLE", "NUMERIC": "DOUBLE", "INT64": "BIGINT", "INT32": "INTEGER"}
 NULLS = ("", "null", "none", "n/a", "unknown")
 
-SYSTEM = ("Extract the fields below from the text the user sends. Write one line per field, in this "
-          "order, as `name: value`. Copy text values as they appear in the text. Write null when the "
-          "text does not give the value.\n\nFields:\n{fields}")
+# Worded as plainly as a person would ask: a longer prompt ("copy values as they appear", a
+# bulleted field list) made the 1.5B model copy the text's words in order instead (bench).
+SYSTEM = ("Extract these attributes from the text: {fields}. Answer with one line per attribute as "
+          "`attribute: value`, and n/a when the text does not give it.")
 
 
 def parse_schema(raw) -> dict[str, str]:
@@ -71,7 +72,7 @@ def from_sql(args: dict) -> Task:
 def build(schema, options=None) -> Task:
     fields = parse_schema(schema)
     opts = parse_options(FUNCTION, options, OPTIONS)
-    listed = "\n".join(f"- {name} ({TYPES[kind][0]})" for name, kind in fields.items())
+    listed = ", ".join(name if kind == "VARCHAR" else f"{name} ({TYPES[kind][0]})" for name, kind in fields.items())
     system = SYSTEM.format(fields=listed) + (f"\n\n{opts['instructions']}" if opts.get("instructions") else "")
     names = list(fields)
 

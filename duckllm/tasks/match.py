@@ -9,15 +9,15 @@ from ..runtime import Pick, single
 from . import TRUNCATED, Task, canonical, examples, parse_options
 
 FUNCTION = "llm_match"
-VERSION = 2
+VERSION = 3
 OPTIONS = {"instructions", "model", "examples"}
-ANSWERS = ("yes", "no")
-# Confidence is P(the answer | yes or no): a model may put most of its mass on 'Yes' rather
-# than 'yes', which makes the mean-token probability of a one-token answer say little.
+ANSWERS = ("Yes", "No")   # as chat models write them: lower case pulled answers away (bench)
+# Confidence is P(the answer | Yes or No): the probability of the one answer token over the
+# whole vocabulary also holds the mass of other spellings, and says less.
 
 SYSTEM = ("Decide whether the two records the user sends refer to the same real-world entity: the "
           "same product, person, organization, place or publication, even when written differently "
-          "or with missing details. Answer yes or no, and nothing else.")
+          "or with missing details. Answer Yes or No, and nothing else.")
 
 
 def pair(a: str, b: str) -> str:
@@ -59,7 +59,7 @@ def build(instructions=None, options=None) -> Task:
 
 
 def _yes_no(output: str) -> str:
-    return "yes" if output.strip().lower() in ("yes", "true", "match", "1") else "no"
+    return ANSWERS[0] if output.strip().lower() in ("yes", "true", "match", "1") else ANSWERS[1]
 
 
 def _check_example(output: str) -> str | None:

