@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -159,6 +160,45 @@ def cache_clear():
     """Delete every cached result."""
     from .cache import ResultCache
     click.echo(f"removed {ResultCache().clear():,} cached results")
+
+
+@main.command()
+@click.option("--suite", "suite_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="folder with datasets.json (default: ../shared/data when it is there)")
+@click.option("--datasets", help="comma-separated names from the manifest (default: all)")
+@click.option("--limit", type=int, default=100, show_default=True, help="ids sampled per dataset (fixed seed)")
+@click.option("--model", help="catalog name or .gguf path (default: the default model)")
+@click.option("--baseline", is_flag=True, help="also ask the same model in free text, one completion per row")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-results"),
+              show_default=True, help="where results.md, results.json and the plots go")
+def bench(suite_dir, datasets, limit, model, baseline, out):
+    """Quality, calibration and speed of the functions on a labeled suite."""
+    from . import report, suite
+    from .engine import Engine
+    suite_dir = suite_dir or suite.default_suite()
+    if suite_dir is None or not (suite_dir / "datasets.json").exists():
+        raise click.UsageError("no suite found: pass --suite DIR, a folder holding datasets.json "
+                               "(the format of the public suite: task, file, columns, labels)")
+    names = datasets.split(",") if datasets else list(suite.manifest(suite_dir))
+    os.environ["DUCKLLM_CACHE"] = "off"     # measure the model, not the result cache
+    model = model or catalog.DEFAULT_MODEL
+    engine = Engine(model)
+    free = suite.FreeText(store.resolve(model)) if baseline else None
+    results, started = [], time.perf_counter()
+    for i, name in enumerate(names, 1):
+        click.echo(f"duckllm bench: [{i}/{len(names)}] {name} ...", err=True)
+        for result in suite.run_dataset(engine, suite_dir, name, limit, free):
+            results.append(result)
+            click.echo(f"  {report.markdown([report.row(result)]).splitlines()[-1]}", err=True)
+        done = time.perf_counter() - started
+        click.echo(f"  {done:.0f}s so far, about {done / i * (len(names) - i):.0f}s to go", err=True)
+    header = f"model {model}, {limit} ids per dataset (seed {suite.SEED}), suite {suite_dir}"
+    click.echo(header)
+    click.echo(report.markdown([report.row(r) for r in results] + report.overall(results)))
+    written = report.write(out, header, results)
+    if not any(p.suffix == ".png" for p in written):
+        click.echo("duckllm bench: plots skipped: install matplotlib (pip install 'duckllm[bench]')", err=True)
+    click.echo(f"duckllm bench: wrote {', '.join(str(p) for p in written)}", err=True)
 
 
 @main.command()

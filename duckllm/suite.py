@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .confidence import auroc, mean_token_prob
+from .errors import ArgumentError
 from .tasks import classify, classify_multi, clean, enrich, entities, extract, match
 
 SEED = 20261124
@@ -75,9 +76,30 @@ def manifest(suite: Path) -> dict:
     return json.loads((Path(suite) / "datasets.json").read_text())
 
 
+def default_suite() -> Path | None:
+    """The public suite beside this checkout or the current directory, when it is there."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = root.parent / "shared" / "data"
+        if (candidate / "datasets.json").exists():
+            return candidate
+    return None
+
+
 def read_rows(suite: Path, spec: dict) -> list[dict]:
-    with open(Path(suite) / spec["file"], newline="", encoding="utf-8") as f:
+    """A dataset's rows as text: a CSV file, or a Parquet file (a table exported from DuckDB)."""
+    path = Path(suite) / spec["file"]
+    if path.suffix == ".parquet":
+        import duckdb
+        relation = duckdb.sql(f"SELECT * FROM read_parquet('{path}')")
+        return [{k: "" if v is None else str(v) for k, v in zip(relation.columns, row)} for row in relation.fetchall()]
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def labels_of(suite: Path, spec: dict) -> list[str]:
+    if spec.get("labels"):
+        return list(spec["labels"])
+    return [l for l in (Path(suite) / spec["labels_file"]).read_text().splitlines() if l]
 
 
 def sample_ids(rows: list[dict], limit: int) -> list[list[dict]]:
@@ -91,9 +113,15 @@ def sample_ids(rows: list[dict], limit: int) -> list[list[dict]]:
 
 def run_dataset(engine, suite: Path, name: str, limit: int, baseline=None) -> list[Result]:
     """duckllm's result for one dataset, then the baseline's (a FreeText) when given."""
-    spec = manifest(suite)[name]
+    specs = manifest(suite)
+    if name not in specs:
+        raise ArgumentError(f"no dataset {name!r} in {Path(suite) / 'datasets.json'}; it has {', '.join(specs)}")
+    spec = specs[name]
+    kind = _kind(name, spec)
+    if kind not in RUNNERS:
+        raise ArgumentError(f"dataset {name!r} has task {kind!r}; duckllm bench runs {', '.join(sorted(RUNNERS))}")
     groups = sample_ids(read_rows(suite, spec), limit)
-    runner = RUNNERS[_kind(name, spec)]
+    runner = RUNNERS[kind]
     results = [runner(name, spec, suite, groups, DuckllmAsker(engine))]
     if baseline is not None:
         results.append(runner(name, spec, suite, groups, baseline))
@@ -124,7 +152,7 @@ class FreeText:
     """The model asked in a plain chat prompt, one completion per row, read by each runner."""
     method = "free text"
 
-    def __init__(self, model_path: str, n_ctx: int = 4096):
+    def __init__(self, model_path: str, n_ctx: int = 2048):
         from llama_cpp import Llama
         self.llm = Llama(model_path=str(model_path), n_ctx=n_ctx, logits_all=True, verbose=False)
 
@@ -157,8 +185,8 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 def run_classification(name, spec, suite, groups, asker) -> Result:
     rows = [g[0] for g in groups]
-    labels = [l for l in (Path(suite) / spec["labels_file"]).read_text().splitlines() if l]
-    desc = DESCRIPTIONS.get(name, {})
+    labels = labels_of(suite, spec)
+    desc = spec.get("descriptions") or DESCRIPTIONS.get(name, {})
 
     def work(result):
         texts, gold = [r["text"] for r in rows], [r["label"] for r in rows]

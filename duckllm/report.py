@@ -1,0 +1,147 @@
+"""What `duckllm bench` reports: per dataset and overall, how right the answers are, whether the
+confidence can be trusted, and how fast; written as a table, results.md, results.json and plots.
+
+Confidence is judged three ways: AUROC (does it rank right answers above wrong ones), ECE (does
+a 0.8 mean right 80% of the time) and the accuracy left after abstaining on the least confident
+20% of rows.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .confidence import auroc
+from .suite import Result, Scored
+
+BINS = 10
+ABSTAIN = 0.2
+COLUMNS = ("dataset", "function", "method", "rows", "accuracy", "f1", "invalid", "auroc", "ece",
+           "acc_at_80", "rows_per_s")
+
+
+def ece(scored: list[Scored], bins: int = BINS) -> float | None:
+    """Expected calibration error: |accuracy - mean confidence| per confidence bin, weighted."""
+    if not scored:
+        return None
+    total = 0.0
+    for b in range(bins):
+        inside = [s for s in scored if _bin(s.confidence, bins) == b]
+        if inside:
+            accuracy = sum(s.correct for s in inside) / len(inside)
+            confidence = sum(s.confidence or 0.0 for s in inside) / len(inside)
+            total += len(inside) * abs(accuracy - confidence)
+    return total / len(scored)
+
+
+def _bin(confidence: float | None, bins: int) -> int:
+    return min(int((confidence or 0.0) * bins), bins - 1)
+
+
+def accuracy_at(scored: list[Scored], coverage: float) -> float | None:
+    """Accuracy on the most confident `coverage` share of rows (abstaining on the rest)."""
+    kept = sorted(scored, key=lambda s: -(s.confidence or 0.0))[:max(1, round(coverage * len(scored)))]
+    return sum(s.correct for s in kept) / len(kept) if scored else None
+
+
+def row(result: Result) -> dict:
+    return {**result.row(), "ece": ece(result.scored), "acc_at_80": accuracy_at(result.scored, 1 - ABSTAIN)}
+
+
+def overall(results: list[Result]) -> list[dict]:
+    """One line per method over every scored answer of every dataset (F1: the datasets' mean)."""
+    lines = []
+    for method in dict.fromkeys(r.method for r in results):
+        mine = [r for r in results if r.method == method]
+        scored = [s for r in mine for s in r.scored]
+        f1s = [r.f1 for r in mine if r.f1 is not None]
+        seconds = sum(r.seconds for r in mine)
+        lines.append({
+            "dataset": "overall", "function": "-", "method": method, "rows": sum(r.rows for r in mine),
+            "accuracy": sum(s.correct for s in scored) / max(1, len(scored)),
+            "f1": sum(f1s) / len(f1s) if f1s else None, "invalid": sum(r.invalid for r in mine),
+            "auroc": auroc([s.confidence or 0.0 for s in scored], [s.correct for s in scored]),
+            "ece": ece(scored), "acc_at_80": accuracy_at(scored, 1 - ABSTAIN),
+            "rows_per_s": sum(r.rows for r in mine) / seconds if seconds else None})
+    return lines
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def write(out: Path, header: str, results: list[Result]) -> list[Path]:
+    """results.md, results.json and the plots (when matplotlib is installed); the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row(r) for r in results] + overall(results)
+    (out / "results.md").write_text(f"{header}\n\n{markdown(rows)}\n")
+    (out / "results.json").write_text(json.dumps({"about": header, "rows": rows}, indent=1))
+    return [out / "results.md", out / "results.json"] + plots(out, results)
+
+
+def plots(out: Path, results: list[Result]) -> list[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    methods = list(dict.fromkeys(r.method for r in results))
+    written = []
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for method in methods:
+        scored = [s for r in results if r.method == method for s in r.scored]
+        centers, accuracies = [], []
+        for b in range(BINS):
+            inside = [s for s in scored if _bin(s.confidence, BINS) == b]
+            if inside:
+                centers.append(sum(s.confidence or 0.0 for s in inside) / len(inside))
+                accuracies.append(sum(s.correct for s in inside) / len(inside))
+        ax.plot(centers, accuracies, "o-", label=method)
+    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (all datasets)", xlim=(0, 1), ylim=(0, 1))
+    ax.legend()
+    written.append(_save(fig, out / "reliability.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    coverages = [c / 20 for c in range(1, 21)]
+    for r in results:
+        if r.method == methods[0] and r.scored:
+            ax.plot(coverages, [accuracy_at(r.scored, c) for c in coverages], label=r.dataset)
+    ax.set(xlabel="coverage (share of rows answered, most confident first)", ylabel="accuracy",
+           title=f"Accuracy vs coverage ({methods[0]})", ylim=(0, 1.02))
+    ax.legend(fontsize="small")
+    written.append(_save(fig, out / "accuracy_coverage.png"))
+
+    datasets = list(dict.fromkeys(r.dataset for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        by_dataset = {r.dataset: r for r in results if r.method == method}
+        xs = [d + i * width for d in range(len(datasets))]
+        axes[0].bar(xs, [by_dataset[d].accuracy if d in by_dataset else 0 for d in datasets], width, label=method)
+        axes[1].bar(xs, [(by_dataset[d].auroc or 0) if d in by_dataset else 0 for d in datasets], width, label=method)
+    for ax, title in zip(axes, ("accuracy", "confidence AUROC")):
+        ax.set_xticks([d + width * (len(methods) - 1) / 2 for d in range(len(datasets))], datasets,
+                      rotation=45, ha="right")
+        ax.set(title=f"{title} per dataset", ylim=(0, 1))
+        ax.legend(fontsize="small")
+    written.append(_save(fig, out / "per_dataset.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
