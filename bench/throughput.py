@@ -20,7 +20,6 @@ import os
 import random
 import re
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -5,7 +5,7 @@ import math
 import re
 
 from duckllm.prompt_format import FORMATS
-from duckllm.runtime import Answer, Choice, Generation, Pick, Say, Usage, Write
+from duckllm.runtime import Answer, Choice, Generation, Pick, Say, Usage
 
 
 class FakeRuntime:

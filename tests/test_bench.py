@@ -1,6 +1,5 @@
 """duckllm bench: the suite runner, its metrics and its report files, on the fake runtime."""
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,7 @@ import pytest
 from duckllm import report, suite
 from duckllm.engine import Engine
 from duckllm.errors import ArgumentError
-from duckllm.suite import Result, Scored
+from duckllm.suite import Scored
 
 SUITE = Path(__file__).parent / "fixtures" / "suite"
 

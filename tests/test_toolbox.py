@@ -6,7 +6,7 @@ import duckdb
 import pytest
 
 from duckllm.errors import ArgumentError
-from duckllm.runtime import Answer, Choice, Generation, Pick, Say, Write
+from duckllm.runtime import Answer, Choice, Generation, Say, Write
 from duckllm.tasks import classify, classify_multi, entities, extract
 
 
@@ -70,7 +70,7 @@ def test_a_pair_is_one_input_for_dedup_and_the_cache(fake_con, fake_runtime):
     assert fake_runtime.calls == [["Record A: x\nRecord B: y", "Record A: y\nRecord B: x"]]
 
 
-@pytest.mark.parametrize("call, message", [
+BAD_ARGUMENTS = [
     ("llm_extract('x', {'a': 'BLOB'})", "field 'a' has type 'BLOB'; the types are VARCHAR"),
     ("llm_extract('x', {'confidence': 'DOUBLE'})", "may not be named 'confidence'"),
     ("llm_extract('x', 'brand')", "schema must be a STRUCT"),
@@ -86,7 +86,10 @@ def test_a_pair_is_one_input_for_dedup_and_the_cache(fake_con, fake_runtime):
     ("llm_classify('x', ['a', 'b'], nearest := 2)", "nearest picks from the examples"),
     ("llm_classify('x', ['a', 'b'], preselect := -1)", "preselect must be a positive integer"),
     ("llm_match('x', 'y', examples := [{'input': 'one record', 'output': 'yes'}])", "must hold both records"),
-])
+]
+
+
+@pytest.mark.parametrize("call, message", BAD_ARGUMENTS)
 def test_bad_arguments_raise_a_clear_error(fake_con, call, message):
     with pytest.raises(duckdb.Error, match=message):
         fake_con.execute(f"SELECT {call}").fetchall()

@@ -4,6 +4,7 @@ import math
 import re
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from duckllm.prompt_format import FORMATS
@@ -11,9 +12,18 @@ from duckllm.runtime import Pick, Say, Write
 from duckllm.runtime.llama import LlamaRuntime
 from duckllm.stats import STATS
 
+from test_toolbox import BAD_ARGUMENTS
+
 pytestmark = pytest.mark.integration
 PRODUCTS = Path(__file__).parent / "fixtures" / "products.csv"
 TYPES = ["PER", "ORG", "LOC", "MISC"]
+
+
+@pytest.mark.parametrize("call, message", BAD_ARGUMENTS)
+def test_bad_arguments_raise_a_clear_error_before_any_model_work(small_con, call, message):
+    with pytest.raises(duckdb.Error, match=message):
+        small_con.execute(f"SELECT {call}").fetchall()
+    assert STATS.snapshot()["model_rows"] == 0
 
 
 def confident(c):

@@ -43,6 +43,16 @@ def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> d
     return merged
 
 
+def instructed(function: str, system: str, instructions, options, allowed: set[str]) -> tuple[str, dict, str | None]:
+    """(system prompt with the user's instructions after it, options, instructions): the
+    instructions come as an argument or as an option."""
+    if instructions is not None and not isinstance(instructions, str):
+        raise ArgumentError(f"{function}: instructions must be text, got {instructions!r}")
+    opts = parse_options(function, options, allowed)
+    instructions = instructions or opts.get("instructions")
+    return system + (f"\n\n{instructions}" if instructions else ""), opts, instructions
+
+
 def canonical(*parts) -> str:
     return json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 

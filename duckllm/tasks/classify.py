@@ -32,7 +32,7 @@ def build(labels, options=None) -> Task:
         raise ArgumentError(f"{FUNCTION}: confidence must be one of {', '.join(CONFIDENCE_METHODS)}, got {method!r}")
     known = set(labels)
     pairs = examples.parse(FUNCTION, opts.get("examples"),
-                           lambda out: None if out in known else f"the output is not one of the labels")
+                           lambda out: None if out in known else "the output is not one of the labels")
     k_examples = examples.validate_k(FUNCTION, "nearest", opts.get("nearest"))
     if k_examples and not pairs:
         raise ArgumentError(f"{FUNCTION}: nearest picks from the examples; pass examples := {examples.SHAPE}")

@@ -4,9 +4,8 @@ from __future__ import annotations
 import math
 
 from ..confidence import mean_token_prob
-from ..errors import ArgumentError
 from ..runtime import Write, single
-from . import TRUNCATED, Task, canonical, examples, notes, parse_options
+from . import TRUNCATED, Task, canonical, examples, instructed, notes
 
 FUNCTION = "llm_clean"
 VERSION = 1
@@ -31,11 +30,7 @@ def from_sql(args: dict) -> Task:
 
 
 def build(instructions=None, options=None) -> Task:
-    if instructions is not None and not isinstance(instructions, str):
-        raise ArgumentError(f"{FUNCTION}: instructions must be text, got {instructions!r}")
-    opts = parse_options(FUNCTION, options, OPTIONS)
-    instructions = instructions or opts.get("instructions")
-    system = SYSTEM + (f"\n\n{instructions}" if instructions else "")
+    system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, OPTIONS)
     given = examples.parse(FUNCTION, opts.get("examples"))
     messages = [("system", system)] + examples.as_turns(given or DEFAULT_EXAMPLES, str, str)
     limit = lambda n: MAX_TOKENS + math.ceil(PER_INPUT_TOKEN * n)

@@ -11,7 +11,7 @@ import json
 from ..confidence import mean_token_prob
 from ..errors import ArgumentError
 from ..runtime import Pick, Say, Write, answer_bound
-from . import TRUNCATED, Task, canonical, notes, parse_options
+from . import TRUNCATED, Task, canonical, instructed, notes
 
 FUNCTION = "llm_extract"
 VERSION = 2
@@ -71,9 +71,8 @@ def from_sql(args: dict) -> Task:
 
 def build(schema, options=None) -> Task:
     fields = parse_schema(schema)
-    opts = parse_options(FUNCTION, options, OPTIONS)
     listed = ", ".join(name if kind == "VARCHAR" else f"{name} ({TYPES[kind][0]})" for name, kind in fields.items())
-    system = SYSTEM.format(fields=listed) + (f"\n\n{opts['instructions']}" if opts.get("instructions") else "")
+    system, opts, _ = instructed(FUNCTION, SYSTEM.format(fields=listed), None, options, OPTIONS)
     names = list(fields)
 
     def program(text, n_tokens):

@@ -6,7 +6,7 @@ import json
 from ..confidence import choice_prob
 from ..errors import ArgumentError
 from ..runtime import Pick, single
-from . import TRUNCATED, Task, canonical, examples, parse_options
+from . import TRUNCATED, Task, canonical, examples, instructed
 
 FUNCTION = "llm_match"
 VERSION = 3
@@ -36,11 +36,7 @@ def from_sql(args: dict) -> Task:
 
 
 def build(instructions=None, options=None) -> Task:
-    if instructions is not None and not isinstance(instructions, str):
-        raise ArgumentError(f"{FUNCTION}: instructions must be text, got {instructions!r}")
-    opts = parse_options(FUNCTION, options, OPTIONS)
-    instructions = instructions or opts.get("instructions")
-    system = SYSTEM + (f"\n\n{instructions}" if instructions else "")
+    system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, OPTIONS)
     given = examples.parse(FUNCTION, opts.get("examples"), _check_example)
     messages = [("system", system)] + examples.as_turns(
         [(pair(*_example_pair(i)), _yes_no(o)) for i, o in given], render, str)
