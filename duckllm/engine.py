@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from . import cancel, catalog, store
 from .cache import ResultCache, key_of
 from .progress import Progress
-from .prompt_format import FORMATS, Format
+from .prompt_format import FORMATS, Format, Prompt
 from .runtime import Runtime
 from .stats import STATS
 from .tasks import Task
@@ -144,9 +144,14 @@ class Engine:
             if len(finished) >= self.FLUSH_EVERY:
                 flush()
         task.prepare(texts)
+        prefixes = None
+        if task.row_turns:    # each row opens its own user turn after turns of its own
+            fmt = runtime.format
+            prompt = Prompt(fmt.render(list(task.messages)), prompt.tail)
+            prefixes = [fmt.render(task.row_turns(t)) + fmt.user_open for t in texts]
         try:
             runtime.run(prompt, [task.render(t) for t in texts], lambda i, n: task.program(texts[i], n),
-                        task.answer_tokens, on_done=on_done)
+                        task.answer_tokens, on_done=on_done, row_prefixes=prefixes)
         finally:
             flush()
             progress.close()

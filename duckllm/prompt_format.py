@@ -27,11 +27,17 @@ class Format:
         wrappers = {"system": self.system, "user": self.user, "assistant": self.assistant}
         return "".join(wrappers[role].replace("{}", content) for role, content in messages)
 
-    def split(self, messages: list[tuple[str, str]], row_before: str = "", row_after: str = "") -> Prompt:
+    def split(self, messages: list[tuple[str, str]]) -> Prompt:
         """The prompt around one row's text, which is the last user message."""
-        user_open, user_close = self.user.split("{}")
-        answer_open = self.assistant.split("{}")[0]
-        return Prompt(self.render(messages) + user_open + row_before, row_after + user_close + answer_open)
+        return Prompt(self.render(messages) + self.user_open, self.user_close + self.assistant.split("{}")[0])
+
+    @property
+    def user_open(self) -> str:
+        return self.user.split("{}")[0]
+
+    @property
+    def user_close(self) -> str:
+        return self.user.split("{}")[1]
 
 
 FORMATS = {

@@ -18,7 +18,7 @@ class FakeRuntime:
         self.usage = Usage()
         self.calls: list[list[str]] = []
 
-    def run(self, prompt, texts, program, answer_tokens, on_done=None):
+    def run(self, prompt, texts, program, answer_tokens, on_done=None, row_prefixes=None):
         self.calls.append(list(texts))
         out = []
         for i, text in enumerate(texts):

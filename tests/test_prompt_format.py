@@ -7,8 +7,8 @@ from duckllm.prompt_format import FORMATS, detect
 def test_shared_text_and_tail_make_the_whole_chat_prompt(name):
     fmt = FORMATS[name]
     messages = [("system", "Classify."), ("user", "example"), ("assistant", "a")]
-    prompt = fmt.split(messages, row_before="Text: ")
-    whole = fmt.render(messages + [("user", "Text: hello")]) + fmt.assistant.split("{}")[0]
+    prompt = fmt.split(messages)
+    whole = fmt.render(messages + [("user", "hello")]) + fmt.assistant.split("{}")[0]
     assert prompt.shared + "hello" + prompt.tail == whole
 
 

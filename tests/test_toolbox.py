@@ -8,6 +8,7 @@ import pytest
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Answer, Choice, Generation, Say, Write
 from duckllm.tasks import classify, classify_multi, entities, extract
+from fakes import FakeRuntime
 
 
 def one(con, sql):
@@ -137,14 +138,32 @@ def test_examples_become_earlier_turns_of_the_shared_prompt():
     assert task.messages[1:] == (("user", "first"), ("assistant", "b"))   # incomplete examples are skipped
 
 
-def test_preselected_labels_are_listed_with_each_row(monkeypatch):
-    class Nearest:
-        def encode(self, texts):
-            return list(texts)
+class SharedLetters:
+    """A stand-in embedder: the items most similar to a text are those sharing a letter with it."""
+    def encode(self, texts):
+        return list(texts)
 
-        def nearest(self, vectors, texts, k):     # the labels sharing a letter with the text
-            return [[i for i, v in enumerate(vectors) if set(v) & set(text)][:k] for text in texts]
-    monkeypatch.setattr("duckllm.embed.default_embedder", lambda: Nearest())
+    def nearest(self, vectors, texts, k):
+        return [[i for i, v in enumerate(vectors) if set(v) & set(text)][:k] for text in texts]
+
+
+def test_nearest_examples_are_chat_turns_of_each_row(monkeypatch, fake_runtime):
+    from duckllm.engine import Engine
+    monkeypatch.setattr("duckllm.embed.default_embedder", lambda: SharedLetters())
+    shots = [{"input": "xyz", "output": "b"}, {"input": "tac", "output": "a"}, {"input": "tic", "output": "a"}]
+    task = classify.build(["a", "b"], {"examples": shots, "nearest": 1})
+    assert task.messages == task.messages[:1]                    # no example in the shared prompt
+    assert task.row_turns("tick") == [("user", "tac"), ("assistant", "a")]
+    seen = []
+    fake_runtime.run = lambda *a, row_prefixes=None, **kw: seen.append(row_prefixes) or FakeRuntime.run(
+        fake_runtime, *a, **kw)
+    Engine("fake", load=lambda p, f: fake_runtime).run(task, ["tick", "zzz"])
+    assert seen == [["<|im_start|>user\ntac<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n<|im_start|>user\n",
+                     "<|im_start|>user\nxyz<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>user\n"]]
+
+
+def test_preselected_labels_are_listed_with_each_row(monkeypatch):
+    monkeypatch.setattr("duckllm.embed.default_embedder", lambda: SharedLetters())
     task = classify.build(["cat", "dog", "emu"], {"preselect": 2})
     assert "- cat" not in task.messages[0][1]
     assert task.render("tic") == "Labels:\n- cat\n\nText: tic"

@@ -82,10 +82,12 @@ class Runtime(Protocol):
     usage: Usage
 
     def run(self, prompt: Prompt, texts: Sequence[str], program: Callable[[int, int], Program],
-            answer_tokens: Callable[[int], int],
-            on_done: Callable[[int, Answer], None] | None = None) -> list[Answer]:
+            answer_tokens: Callable[[int], int], on_done: Callable[[int, Answer], None] | None = None,
+            row_prefixes: Sequence[str] | None = None) -> list[Answer]:
         """Answer each text: program(i, n_text_tokens) is row i's answer program;
-        answer_tokens(n_text_tokens) bounds its length (the KV cells reserved for it)."""
+        answer_tokens(n_text_tokens) bounds its length (the KV cells reserved for it).
+        row_prefixes[i], when given, is trusted prompt text (chat turns, special tokens read as
+        such) between the shared prefix and row i's text; the text itself never is."""
         ...
 
     def describe(self) -> dict: ...

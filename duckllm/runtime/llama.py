@@ -219,10 +219,10 @@ class LlamaRuntime:
     # ---- requests --------------------------------------------------------------------------
 
     def run(self, prompt: Prompt, texts: Sequence[str], program: Callable[[int, int], Program],
-            answer_tokens: Callable[[int], int],
-            on_done: Callable[[int, Answer], None] | None = None) -> list[Answer]:
+            answer_tokens: Callable[[int], int], on_done: Callable[[int, Answer], None] | None = None,
+            row_prefixes: Sequence[str] | None = None) -> list[Answer]:
         with self._lock:
-            return self._run(prompt, texts, program, answer_tokens, on_done)
+            return self._run(prompt, texts, program, answer_tokens, on_done, row_prefixes)
 
     def choose(self, prompt: Prompt, texts: Sequence[str], options: Sequence[str],
                score_rest: bool = True) -> list[Choice]:
@@ -238,7 +238,7 @@ class LlamaRuntime:
 
     # ---- scheduling ------------------------------------------------------------------------
 
-    def _run(self, prompt: Prompt, texts, program, answer_tokens, on_done) -> list[Answer]:
+    def _run(self, prompt: Prompt, texts, program, answer_tokens, on_done, row_prefixes=None) -> list[Answer]:
         """Continuous batching: the shared prefix is evaluated once (sequence 0); rows take free
         sequences as earlier rows finish, so one llama_decode carries new rows' prompts and the
         answer tokens of rows in flight together."""
@@ -258,7 +258,10 @@ class LlamaRuntime:
                 admitted = []
                 while pending and free_seqs:
                     i = pending[0]
-                    tokens, n_text, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_tokens, room)
+                    own = self.tokenize(row_prefixes[i], special=True) if row_prefixes else []
+                    tokens, n_text, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_tokens,
+                                                                 room - len(own))
+                    tokens = own + tokens
                     if in_flight and used + len(tokens) + limit > room:
                         break       # wait for rows in flight to free their cells
                     pending.popleft()

@@ -26,6 +26,8 @@ class Task:
     key: str                                    # canonical JSON of everything that shapes the answer
     render: Callable[[str], str] = str          # the row's user message, from its text
     prepare: Callable[[list[str]], Any] = lambda texts: None   # batch work for a call's texts first
+    row_turns: Callable[[str], list[tuple[str, str]]] | None = None   # chat turns of the row's own
+                                                # (its nearest examples) between the shared ones and it
 
 
 def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> dict:

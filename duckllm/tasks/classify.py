@@ -55,11 +55,10 @@ def build(labels, options=None) -> Task:
         candidates = lambda text: labels
         render_text = str
     messages = [("system", system)]
-    render = render_text
+    row_turns = None
     if k_examples:
-        prepare_block, block = examples.nearest_block(pairs, k_examples, str)
-        prepares.append(prepare_block)
-        render = lambda text: block(text) + render_text(text)
+        prepare_turns, row_turns = examples.nearest_turns(pairs, k_examples, render_text, str)
+        prepares.append(prepare_turns)
     else:
         messages += examples.as_turns(pairs, render_text, str)
     bound = max(answer_bound(label) for label in labels)
@@ -77,7 +76,7 @@ def build(labels, options=None) -> Task:
 
     return Task(
         name=FUNCTION, version=VERSION, messages=tuple(messages), program=program,
-        answer_tokens=lambda n: bound, read=read, render=render,
+        answer_tokens=lambda n: bound, read=read, render=render_text, row_turns=row_turns,
         prepare=lambda texts: [prepare(texts) for prepare in prepares],
         empty={"label": None, "confidence": None, "note": "empty text"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),

@@ -1,8 +1,8 @@
 """Few-shot examples given from SQL: a list of STRUCT(input, output).
 
 All examples go into the shared prompt as earlier chat turns (evaluated once for every row), or,
-with nearest := k, each row gets the k examples most similar to it (by sentence embedding)
-inside its own message.
+with nearest := k, each row gets the k examples most similar to it (by sentence embedding) as
+chat turns of its own.
 """
 from __future__ import annotations
 
@@ -66,14 +66,15 @@ class Nearest:
         return self.memo[text]
 
 
-def nearest_block(pairs: list[tuple[str, str]], k: int, answer: Callable[[str], str]):
-    """(prepare, block): block(text) is the row's k most similar examples, as text."""
+def nearest_turns(pairs: list[tuple[str, str]], k: int, render: Callable[[str], str],
+                  answer: Callable[[str], str]):
+    """(prepare, turns): turns(text) is the row's k most similar examples as chat turns, the
+    most similar last (nearest the row)."""
     nearest = Nearest([given for given, _ in pairs], k)
 
-    def block(text: str) -> str:
-        lines = [f"Input: {pairs[i][0]}\nAnswer: {answer(pairs[i][1])}" for i in reversed(nearest(text))]
-        return "Solved examples:\n\n" + "\n\n".join(lines) + "\n\nNow this one.\nInput: "
-    return nearest.prepare, block
+    def turns(text: str) -> list[tuple[str, str]]:
+        return as_turns([pairs[i] for i in reversed(nearest(text))], render, answer)
+    return nearest.prepare, turns
 
 
 def validate_k(function: str, name: str, value) -> int | None:
