@@ -191,7 +191,9 @@ def bench(suite_dir, datasets, limit, model, baseline, out):
             results.append(result)
             click.echo(f"  {report.markdown([report.row(result)]).splitlines()[-1]}", err=True)
         done = time.perf_counter() - started
-        click.echo(f"  {done:.0f}s so far, about {done / i * (len(names) - i):.0f}s to go", err=True)
+        bar = "#" * round(20 * i / len(names))
+        click.echo(f"  [{bar:<20}] {i}/{len(names)} datasets, {done:.0f}s, about "
+                   f"{done / i * (len(names) - i):.0f}s to go", err=True)
     header = f"model {model}, {limit} ids per dataset (seed {suite.SEED}), suite {suite_dir}"
     click.echo(header)
     click.echo(report.markdown([report.row(r) for r in results] + report.overall(results)))

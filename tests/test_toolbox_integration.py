@@ -179,3 +179,16 @@ def test_nearest_examples_and_preselected_labels_by_embedding(small_con):
                            ["my card has not arrived", "reset my password please"], 2)
     for (_, preselected), candidates in zip(rows, top):
         assert preselected["label"] in [labels[i] for i in candidates]
+
+
+def test_the_python_example_labels_a_file_into_parquet_and_a_plot(small_model_path, tmp_path, capsys):
+    import runpy
+    examples = Path(__file__).parents[1] / "examples"
+    out = tmp_path / "labeled.parquet"
+    argv = [str(examples / "tickets.csv"), "--column", "text", "--labels", "refund,delivery,account,card_lost",
+            "--out", str(out), "--model", "smollm2-135m"]
+    runpy.run_path(str(examples / "label_file.py"), run_name="label_file")["main"](argv)
+    rows = duckdb.sql(f"SELECT id, label, confidence FROM '{out}' ORDER BY id").fetchall()
+    assert len(rows) == len((examples / "tickets.csv").read_text().splitlines()) - 1 and all(label in ("refund", "delivery", "account", "card_lost", None) for _, label, _ in rows)
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "rows below 0.7 confidence to review" in capsys.readouterr().out
