@@ -78,6 +78,7 @@ class _Row:
     step: object = None                   # the decision step in progress (_Picking, _Writing)
     reply: object = None                  # what the program is sent next
     ended: bool = False                   # the answer's end token was chosen: nothing may follow
+    prompt_left: int = 0                  # prompt tokens not yet fed (counted apart from answers)
     value: object = None
     done: bool = False
 
@@ -271,8 +272,7 @@ class LlamaRuntime:
                     self._c.llama_memory_seq_cp(self._memory, PREFIX_SEQ, row.seq, -1, -1)
                     in_flight[row.seq] = row
                     used += row.end - row.pos
-                    self.usage.prompt_tokens += len(tokens)
-                    self.usage.generated_tokens -= len(tokens)   # counted as fed below
+                    row.prompt_left = len(tokens)
                     self._advance(row, None, feeds, said=tokens)
                     admitted.append(row)
                 items, callbacks = [], []
@@ -280,7 +280,10 @@ class LlamaRuntime:
                     if row.pos + len(fed) > row.end:
                         raise ModelError(f"an answer outgrew the {row.end - row.pos} KV cells reserved for it "
                                          f"(a bug in duckllm: please report it)")
-                    self.usage.generated_tokens += len(fed)
+                    n_prompt = min(row.prompt_left, len(fed))    # a row's first feed holds its prompt
+                    row.prompt_left -= n_prompt
+                    self.usage.prompt_tokens += n_prompt
+                    self.usage.generated_tokens += len(fed) - n_prompt
                     for j, (token, callback) in enumerate(fed):
                         items.append((token, row.pos + j, (row.seq,), callback is not None))
                         if callback is not None:
