@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .confidence import auroc, mean_token_prob
 from .errors import ArgumentError
-from .tasks import classify, classify_multi, clean, enrich, entities, extract, match
+from .tasks import classify, classify_multi, clean, enrich, entities, extract, listing, match
 
 SEED = 20261124
 # Bare labels mean little to a small model; a user would describe them the same way.
@@ -195,8 +195,7 @@ def run_classification(name, spec, suite, groups, asker) -> Result:
             for a, g in zip(answers, gold):
                 result.scored.append(Scored(a["label"] == g, a["confidence"]))
             return
-        listing = "\n".join(f"- {l}: {desc[l]}" if l in desc else f"- {l}" for l in labels)
-        system = f"Classify the text into one of these labels:\n{listing}\nAnswer with the label only."
+        system = f"Classify the text into one of these labels:\n{listing(labels, desc)}\nAnswer with the label only."
         normal = {_norm(l): l for l in labels}
         for text, g in zip(texts, gold):
             reply, conf = asker.complete(system, text, 24)
@@ -305,7 +304,7 @@ def run_ner(name, spec, suite, groups, asker) -> Result:
             found = [[(e["type"], e["text"], e["confidence"]) for e in (a["entities"] or [])]
                      for a in asker(entities.build(types), texts)]
         else:
-            system = entities.SYSTEM.format(types="\n".join(f"- {t}: {entities.KNOWN[t]}" for t in types))
+            system = entities.SYSTEM.format(types=listing(types, entities.KNOWN))
             found = []
             for text in texts:
                 reply, conf = asker.complete(system, text, 96)
@@ -332,8 +331,7 @@ def run_slots(name, spec, suite, groups, asker) -> Result:
             probs = [{x["label"]: x["confidence"] for x in a["labels"]} for a in asker(task, texts)]
             decided = [{s: (p[s] >= 0.5, max(p[s], 1 - p[s]), False) for s in slots} for p in probs]
         else:
-            listing = "\n".join(f"- {s}: {d}" for s, d in SLOTS.items())
-            system = (f"Which of these details does the restaurant booking message give?\n{listing}\n"
+            system = (f"Which of these details does the restaurant booking message give?\n{listing(slots, SLOTS)}\n"
                       f"Answer with the names of those it gives, comma-separated, or none.")
             decided = []
             for text in texts:

@@ -55,6 +55,21 @@ def instructed(function: str, system: str, instructions, options, allowed: set[s
     return system + (f"\n\n{instructions}" if instructions else ""), opts, instructions
 
 
+def whole_number(function: str, name: str, value, high: int | None = None) -> int | None:
+    """An integer option from 1 (to high, when given); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (high and value > high):
+        wanted = f"an integer from 1 to {high}" if high else "a positive integer such as 4"
+        raise ArgumentError(f"{function}: {name} must be {wanted}, got {value!r}")
+    return value
+
+
+def listing(names, descriptions: dict[str, str]) -> str:
+    """Labels (or types) as the prompt lists them: one per line, with its description if any."""
+    return "\n".join(f"- {n}: {descriptions[n]}" if n in descriptions else f"- {n}" for n in names)
+
+
 def canonical(*parts) -> str:
     return json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..confidence import choice_prob, mean_token_prob
 from ..errors import ArgumentError
 from ..runtime import Pick, answer_bound
-from . import TRUNCATED, Task, canonical, examples, parse_options
+from . import TRUNCATED, Task, canonical, examples, listing, parse_options, whole_number
 
 FUNCTION = "llm_classify"
 VERSION = 2
@@ -33,25 +33,24 @@ def build(labels, options=None) -> Task:
     known = set(labels)
     pairs = examples.parse(FUNCTION, opts.get("examples"),
                            lambda out: None if out in known else "the output is not one of the labels")
-    k_examples = examples.validate_k(FUNCTION, "nearest", opts.get("nearest"))
+    k_examples = whole_number(FUNCTION, "nearest", opts.get("nearest"))
     if k_examples and not pairs:
         raise ArgumentError(f"{FUNCTION}: nearest picks from the examples; pass examples := {examples.SHAPE}")
-    top = examples.validate_k(FUNCTION, "preselect", opts.get("preselect"))
+    top = whole_number(FUNCTION, "preselect", opts.get("preselect"))
     if top is None and len(labels) > PRESELECT_ABOVE:
         top = PRESELECT_TOP
     top = top if top and top < len(labels) else None
     instructions = opts.get("instructions") or DEFAULT_INSTRUCTIONS
     prepares = []     # batch work before a call's rows are rendered: embeddings
-    listed = lambda names: "\n".join(f"- {n}: {descriptions[n]}" if n in descriptions else f"- {n}" for n in names)
     if top:     # each row lists its own candidates, so the shared prompt lists none
         system = f"{instructions}\n\nThe labels to choose from come with each text. {ANSWER_RULE}"
         similar = examples.Nearest([f"{n}: {descriptions[n]}" if n in descriptions else n.replace("_", " ")
                                     for n in labels], top)
         candidates = lambda text: [labels[i] for i in similar(text)]
         prepares.append(similar.prepare)
-        render_text = lambda text: f"Labels:\n{listed(candidates(text))}\n\nText: {text}"
+        render_text = lambda text: f"Labels:\n{listing(candidates(text), descriptions)}\n\nText: {text}"
     else:
-        system = f"{instructions}\n\nLabels:\n{listed(labels)}\n\n{ANSWER_RULE}"
+        system = f"{instructions}\n\nLabels:\n{listing(labels, descriptions)}\n\n{ANSWER_RULE}"
         candidates = lambda text: labels
         render_text = str
     messages = [("system", system)]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 
+from ..errors import ArgumentError
 from ..runtime import Pick, Say, answer_bound
-from . import Task, canonical, parse_options
+from . import Task, canonical, listing, parse_options
 from .classify import validate_descriptions, validate_labels
 
 FUNCTION = "llm_classify_multi"
@@ -33,10 +34,9 @@ def build(labels, options=None) -> Task:
     descriptions = validate_descriptions(labels, opts.get("descriptions"), FUNCTION)
     threshold = opts.get("threshold", DEFAULT_THRESHOLD)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        from ..errors import ArgumentError
         raise ArgumentError(f"{FUNCTION}: threshold must be a number from 0 to 1, got {threshold!r}")
-    listed = "\n".join(f"- {n}: {descriptions[n]}" if n in descriptions else f"- {n}" for n in labels)
-    system = SYSTEM.format(instructions=opts.get("instructions") or DEFAULT_INSTRUCTIONS, labels=listed)
+    system = SYSTEM.format(instructions=opts.get("instructions") or DEFAULT_INSTRUCTIONS,
+                           labels=listing(labels, descriptions))
 
     def program(text, n_tokens):
         applies = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..confidence import mean_token_prob
 from ..errors import ArgumentError
 from ..runtime import Write, single
-from . import TRUNCATED, Task, canonical, examples, notes, parse_options
+from . import TRUNCATED, Task, canonical, examples, notes, parse_options, whole_number
 
 FUNCTION = "llm_enrich"
 VERSION = 1
@@ -26,9 +26,7 @@ def build(question, max_tokens=None, options=None) -> Task:
     if not isinstance(question, str) or not question.strip():
         raise ArgumentError(f"{FUNCTION}: question must be a non-empty text such as 'Which country is this "
                             f"address in?', got {question!r}")
-    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise ArgumentError(f"{FUNCTION}: max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+    max_tokens = whole_number(FUNCTION, "max_tokens", max_tokens, MAX_TOKENS_LIMIT) or DEFAULT_MAX_TOKENS
     opts = parse_options(FUNCTION, options, OPTIONS)
     given = examples.parse(FUNCTION, opts.get("examples"))
     messages = [("system", SYSTEM.format(question=question.strip()))] + examples.as_turns(given, str, str)

@@ -6,15 +6,14 @@ the answer ends), the text is decoded as a span that must occur in the row's tex
 from __future__ import annotations
 
 from ..confidence import mean_token_prob
-from ..errors import ArgumentError
 from ..runtime import Pick, Write, answer_bound
-from . import Task, canonical, parse_options
+from . import Task, canonical, listing, parse_options, whole_number
 from .classify import validate_descriptions, validate_labels
 
 FUNCTION = "llm_entities"
 VERSION = 2
 OPTIONS = {"descriptions", "instructions", "model", "max_entities"}
-MAX_ENTITIES = 16
+MAX_ENTITIES, MAX_ENTITIES_LIMIT = 16, 64
 SPAN_TOKENS = 12
 NONE = "none"
 KNOWN = {   # CoNLL-2003's types, described, so the bare abbreviations mean something to a model
@@ -43,11 +42,9 @@ def build(types, options=None) -> Task:
     opts = parse_options(FUNCTION, options, OPTIONS)
     descriptions = {**{t: KNOWN[t] for t in types if t in KNOWN},
                     **validate_descriptions(types, opts.get("descriptions"), FUNCTION)}
-    limit = opts.get("max_entities", MAX_ENTITIES)
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 64:
-        raise ArgumentError(f"{FUNCTION}: max_entities must be an integer from 1 to 64, got {limit!r}")
-    listed = "\n".join(f"- {t}: {descriptions[t]}" if t in descriptions else f"- {t}" for t in types)
-    system = SYSTEM.format(types=listed) + (f"\n\n{opts['instructions']}" if opts.get("instructions") else "")
+    limit = whole_number(FUNCTION, "max_entities", opts.get("max_entities"), MAX_ENTITIES_LIMIT) or MAX_ENTITIES
+    system = SYSTEM.format(types=listing(types, descriptions))
+    system += f"\n\n{opts['instructions']}" if opts.get("instructions") else ""
     messages = [("system", system)]
     if set(KNOWN) <= set(types):
         for example_text, example_entities in EXAMPLES:

@@ -75,11 +75,3 @@ def nearest_turns(pairs: list[tuple[str, str]], k: int, render: Callable[[str], 
     def turns(text: str) -> list[tuple[str, str]]:
         return as_turns([pairs[i] for i in reversed(nearest(text))], render, answer)
     return nearest.prepare, turns
-
-
-def validate_k(function: str, name: str, value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ArgumentError(f"{function}: {name} must be a positive integer such as 4, got {value!r}")
-    return value
