@@ -200,9 +200,10 @@ class LlamaRuntime:
             self._pieces = [self.detokenize([t]) for t in range(self.n_vocab)]
         return self._pieces
 
-    def _mask(self, kind: str, stop: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens that continue a value of this kind, tokens that close it with its stop)."""
-        key = (kind, stop)
+    def _mask(self, kind: str, stop: str | None, or_end: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens a value of this kind may take next, those of them that close it with its stop);
+        the end token is allowed when the value may end the answer."""
+        key = (kind, stop, or_end)
         if key not in self._masks:
             chars = _KIND_CHARS.get(kind)
             go, close = np.zeros(self.n_vocab, bool), np.zeros(self.n_vocab, bool)
@@ -214,7 +215,10 @@ class LlamaRuntime:
                     close[t] = chars is None or all(c in chars for c in before)
                 else:
                     go[t] = chars is None or all(c in chars for c in piece)
-            self._masks[key] = (go, close)
+            allowed = go | close
+            if stop is None or or_end:
+                allowed[self._end_tokens] = True
+            self._masks[key] = (allowed, close)
         return self._masks[key]
 
     # ---- requests --------------------------------------------------------------------------
@@ -253,16 +257,21 @@ class LlamaRuntime:
         in_flight: dict[int, _Row] = {}
         used = 0                    # KV cells reserved by the rows in flight
         feeds: list[tuple[_Row, list]] = []
+        head = None                 # the next row's fitted prompt, kept while it waits for cells
+
+        def fitted(i):
+            own = self.tokenize(row_prefixes[i], special=True) if row_prefixes else []
+            tokens, n_text, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_tokens,
+                                                         room - len(own))
+            return i, own + tokens, n_text, limit, truncated
         try:
             while pending or feeds:
                 cancel.check()
                 admitted = []
                 while pending and free_seqs:
-                    i = pending[0]
-                    own = self.tokenize(row_prefixes[i], special=True) if row_prefixes else []
-                    tokens, n_text, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_tokens,
-                                                                 room - len(own))
-                    tokens = own + tokens
+                    if head is None or head[0] != pending[0]:
+                        head = fitted(pending[0])
+                    i, tokens, n_text, limit, truncated = head
                     if in_flight and used + len(tokens) + limit > room:
                         break       # wait for rows in flight to free their cells
                     pending.popleft()
@@ -501,7 +510,8 @@ class _Writing:
         self.rt, self.step = runtime, step
         self.stop_tokens = runtime.tokenize(step.stop) if step.stop else []
         self.max_tokens = max(1, min(step.max_tokens, room - len(self.stop_tokens) - 1))
-        self.masks = runtime._mask(step.kind, step.stop) if step.kind in _KIND_CHARS or step.stop else None
+        self.masks = (runtime._mask(step.kind, step.stop, step.or_end)
+                      if step.kind in _KIND_CHARS or step.stop else None)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.result: Generation | None = None
@@ -545,10 +555,7 @@ class _Writing:
             return self._pick_span(logits)
         if self.masks is None:                 # free text to the end of the answer
             return int(np.argmax(logits)), False
-        go, close = self.masks
-        allowed = go | close
-        if step.stop is None or step.or_end:
-            allowed[self.rt._end_tokens] = True
+        allowed, close = self.masks
         token = int(np.argmax(np.where(allowed, logits, -np.inf)))
         return token, bool(close[token])
 
