@@ -23,16 +23,12 @@ import time
 from pathlib import Path
 
 import duckllm
-from duckllm import store
-from duckllm.confidence import auroc, mean_token_prob
+from duckllm import store, suite
+from duckllm.confidence import auroc
+from duckllm.suite import DESCRIPTIONS, SEED
+from duckllm.tasks import listing
 
-SEED = 20261124
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
-# Bare labels mean little to a small model; a user would describe them the same way.
-DESCRIPTIONS = {
-    "sms_spam": {"ham": "an ordinary personal message between people (not spam)",
-                 "spam": "unsolicited advertising, a prize, offer or scam message"},
-}
 
 
 def sample(suite: Path, name: str, limit: int):
@@ -65,21 +61,15 @@ def run_duckllm(model: str, texts, labels, descriptions):
 
 def run_free_text(model: str, texts, labels, descriptions):
     """The same model asked in free text, one chat completion per row, reply matched to a label."""
-    from llama_cpp import Llama
-    llm = Llama(model_path=str(store.resolve(model)), n_ctx=2048, logits_all=True, verbose=False)
-    listing = "\n".join(f"- {l}: {descriptions[l]}" if l in descriptions else f"- {l}" for l in labels)
-    system = f"Classify the text into one of these labels:\n{listing}\nAnswer with the label only."
+    free = suite.FreeText(store.resolve(model))
+    system = f"Classify the text into one of these labels:\n{listing(labels, descriptions)}\nAnswer with the label only."
     normal = {_norm(l): l for l in labels}
     predictions, confidences = [], []
     start = time.perf_counter()
     for text in texts:
-        out = llm.create_chat_completion(
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
-            max_tokens=24, temperature=0.0, logprobs=True, top_logprobs=1)
-        choice = out["choices"][0]
-        predictions.append(normal.get(_norm(choice["message"]["content"])))
-        logprobs = [t["logprob"] for t in (choice.get("logprobs") or {}).get("content", [])]
-        confidences.append(mean_token_prob(logprobs) or 0.0)
+        reply, confidence = free.complete(system, text, 24)
+        predictions.append(normal.get(_norm(reply)))
+        confidences.append(confidence)
     return predictions, confidences, time.perf_counter() - start
 
 
