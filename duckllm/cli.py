@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 import duckdb
+import sqlglot
 
-from . import cancel, catalog, store
+from . import cancel, catalog, output, store
 from .errors import DuckLLMError
 
 
@@ -22,17 +23,42 @@ def _connect(db: str | None, model: str | None):
     return con
 
 
-def run_statements(con, sql: str) -> None:
-    """Run every statement; print the result of each that returns rows, duckbox style.
-    Ctrl-C cancels the running statement (KeyboardInterrupt); finished rows stay cached."""
+def run_statements(con, sql: str, confirm=None, mode: str = "duckbox", out=None) -> None:
+    """Run every statement; print the result of each that returns rows (output.MODES).
+    confirm(statement) may veto a statement before it runs (ask_when_long). Ctrl-C cancels the
+    running statement (KeyboardInterrupt); finished rows stay cached."""
     statements = con.extract_statements(sql)
     if not statements:
         raise click.UsageError("no SQL statement given")
     for statement in statements:
+        if confirm is not None and not confirm(statement.query):
+            click.echo("Not run.", err=True)
+            continue
         if statement.expected_result_type == [duckdb.ExpectedResultType.QUERY_RESULT]:
-            _interruptible(con, lambda: con.sql(statement.query).show(max_rows=10_000, max_width=10_000))
+            _interruptible(con, lambda: output.show(con.sql(statement.query), mode, out))
         else:  # DDL, INSERT, SET: like the duckdb shell, print nothing
             _interruptible(con, lambda: con.execute(statement.query))
+
+
+def ask_when_long(con, threshold: float | None = None):
+    """A confirm hook for run_statements: when a statement's llm_* calls are estimated to take
+    longer than threshold seconds (DUCKLLM_CONFIRM_SECONDS, default 60), show the estimate and
+    ask before running it."""
+    from . import explain
+    threshold = float(os.environ.get("DUCKLLM_CONFIRM_SECONDS", 60)) if threshold is None else threshold
+
+    def confirm(query: str) -> bool:
+        if "llm_" not in query.lower():
+            return True
+        try:
+            estimates = explain.explain(con, query)
+        except (DuckLLMError, duckdb.Error, sqlglot.errors.SqlglotError):
+            return True    # not estimable before it runs (say, a table an earlier statement makes)
+        if explain.total_seconds(estimates) < threshold:
+            return True
+        click.echo(explain.render(estimates), err=True)
+        return click.confirm("This query will take a while. Run it?", default=False, err=True)
+    return confirm
 
 
 def _interruptible(con, work) -> None:
@@ -72,18 +98,44 @@ def main():
     """LLM labeling, cleaning and enrichment as DuckDB SQL functions."""
 
 
+MODE = click.option("--mode", type=click.Choice(output.MODES), default="duckbox", show_default=True,
+                    help="How results are printed.")
+
+
 @main.command()
 @click.argument("query", required=False)
 @click.option("-f", "--file", "file", type=click.Path(exists=True, dir_okay=False), help="Read SQL from a file.")
 @click.option("--db", type=click.Path(dir_okay=False), help="DuckDB database file (default: in memory).")
 @click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
-def sql(query, file, db, model):
+@MODE
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before a long query (asked only on a terminal).")
+def sql(query, file, db, model, mode, yes):
     """Run SQL with duckllm's functions and print the results."""
+    text = _query_text(query, file)
+    with _errors():
+        con = _connect(db, model)
+        interactive = sys.stdin.isatty() and sys.stderr.isatty() and not yes
+        run_statements(con, text, confirm=ask_when_long(con) if interactive else None, mode=mode)
+
+
+@main.command("explain")
+@click.argument("query", required=False)
+@click.option("-f", "--file", "file", type=click.Path(exists=True, dir_okay=False), help="Read SQL from a file.")
+@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB database file (default: in memory).")
+@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+def explain_command(query, file, db, model):
+    """Estimate what a query asks of the model before running it: per llm_* call, the rows,
+    distinct inputs, cached answers, prompt tokens and time on this machine."""
+    from .explain import explain, render
+    text = _query_text(query, file)
+    with _errors():
+        click.echo(render(explain(_connect(db, model), text)))
+
+
+def _query_text(query, file) -> str:
     if (query is None) == (file is None):
         raise click.UsageError("give a QUERY or -f FILE")
-    text = Path(file).read_text() if file else query
-    with _errors():
-        run_statements(_connect(db, model), text)
+    return Path(file).read_text() if file else query
 
 
 @main.command()
@@ -93,7 +145,8 @@ def shell(db, model):
     """Interactive SQL prompt with duckllm's functions loaded."""
     from .shell import Shell
     with _errors():
-        Shell(_connect(db, model)).loop()
+        con = _connect(db, model)
+        Shell(con, confirm=ask_when_long(con) if sys.stdin.isatty() else None).loop()
 
 
 @main.group()

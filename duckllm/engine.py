@@ -4,12 +4,14 @@ layer calls it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import cancel, catalog, store
+from . import cancel, catalog, speed, store
 from .cache import ResultCache, key_of
 from .progress import Progress
 from .prompt_format import FORMATS, Format, Prompt
@@ -29,12 +31,36 @@ def load_llama(path, fmt: Format | None) -> Runtime:
         if key not in _loaded:
             _loaded[key] = LlamaRuntime(path, fmt,
                                         n_ctx=int(os.environ.get("DUCKLLM_CONTEXT", 4096)),
-                                        n_parallel=int(os.environ.get("DUCKLLM_PARALLEL", 64)))
+                                        n_parallel=int(os.environ.get("DUCKLLM_PARALLEL", 64)),
+                                        # several workers on one machine split its cores (duckllm.distributed)
+                                        n_threads=int(os.environ.get("DUCKLLM_THREADS", 0)) or None)
         return _loaded[key]
 
 
 def cache_enabled() -> bool:
     return os.environ.get("DUCKLLM_CACHE", "on").lower() not in ("0", "off", "false", "no")
+
+
+@dataclass
+class Plan:
+    """What one task would ask of the model, counted instead of answered (Engine.planning)."""
+    function: str
+    model: str
+    rows: int = 0                  # non-NULL rows
+    blank: int = 0                 # empty or whitespace texts: answered without the model
+    distinct: set[str] = field(default_factory=set)   # cache keys of the distinct other texts
+    cached: set[str] = field(default_factory=set)     # those already in the result cache
+    prompt_tokens: int = 0         # row-prompt tokens (text + chat tail) of the texts to compute
+    tokens_per_s: float = 0.0      # row-prompt tokens/s expected on this machine ...
+    speed_source: str = ""         # ... and where that figure comes from
+
+    @property
+    def to_compute(self) -> int:
+        return len(self.distinct) - len(self.cached)
+
+    @property
+    def seconds(self) -> float:
+        return self.prompt_tokens / self.tokens_per_s if self.tokens_per_s else 0.0
 
 
 class Engine:
@@ -51,6 +77,19 @@ class Engine:
         self._runtimes: dict[str, Runtime] = {}
         self._models: dict[str, tuple[object, str]] = {}   # name -> (path, identity for cache keys)
         self._loading = threading.Lock()
+        self._plans: dict[tuple, Plan] | None = None
+        self._plans_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def planning(self):
+        """Inside, run() answers nothing (every result is None): it counts what it would ask
+        of the model into the yielded {(model, task key): Plan}, for `duckllm explain`. Meant for
+        one probe query at a time; calls from other queries meanwhile are counted, not answered."""
+        self._plans = plans = {}
+        try:
+            yield plans
+        finally:
+            self._plans = None
 
     @property
     def cache(self) -> ResultCache:
@@ -82,8 +121,32 @@ class Engine:
     def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None) -> list[dict | None]:
         """One result per text: None for NULL, task.empty for blank, else the model's answer.
         Identical texts are answered once; cached answers are not recomputed."""
+        if self._plans is not None:
+            return self._plan(task, texts, cache_enabled() if use_cache is None else use_cache)
         with cancel.working():
             return self._run(task, texts, use_cache)
+
+    def _plan(self, task: Task, texts: Sequence[str | None], use_cache: bool) -> list[None]:
+        name, _, model_id = self._model(task.model)
+        given = [t for t in texts if t is not None]
+        keys = {t: key_of(model_id, task.key, t) for t in given if t.strip()}
+        with self._plans_lock:
+            plan = self._plans.setdefault((model_id, task.key), Plan(task.name, name))
+            new = {t: k for t, k in keys.items() if k not in plan.distinct}
+            plan.distinct.update(new.values())
+        cached = set(self.cache.get_many(list(new.values()))) if use_cache and new else set()
+        runtime = self.runtime(task.model)
+        tail = len(runtime.tokenize(runtime.format.split(list(task.messages)).tail, special=True))
+        tokens = sum(len(runtime.tokenize(t)) + tail for t, k in new.items() if k not in cached)
+        rate = speed.estimate(model_id, task.name, runtime) if not plan.tokens_per_s else None
+        with self._plans_lock:
+            plan.rows += len(given)
+            plan.blank += len(given) - len(keys)
+            plan.cached |= cached
+            plan.prompt_tokens += tokens
+            if rate:
+                plan.tokens_per_s, plan.speed_source = rate
+        return [None] * len(texts)
 
     def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None) -> list[dict | None]:
         started = time.perf_counter()
@@ -116,11 +179,12 @@ class Engine:
                 STATS.add(cache_hits=sum(keys[t] in cached for t in todo))
                 todo = [t for t in todo if keys[t] not in cached]
             if todo:
-                self._compute(task, todo, keys, deliver, use_cache)
+                self._compute(task, todo, keys, deliver, use_cache, model_id)
         STATS.add(seconds=time.perf_counter() - started)
         return results
 
-    def _compute(self, task: Task, texts: list[str], keys: dict[str, str], deliver, use_cache: bool) -> None:
+    def _compute(self, task: Task, texts: list[str], keys: dict[str, str], deliver, use_cache: bool,
+                 model_id: str) -> None:
         """Answer texts on the model; each row is delivered, counted and cached as it finishes,
         so an interrupted call keeps what it finished."""
         runtime = self.runtime(task.model)
@@ -149,9 +213,11 @@ class Engine:
             fmt = runtime.format
             prompt = Prompt(fmt.render(list(task.messages)), prompt.tail)
             prefixes = [fmt.render(task.row_turns(t)) + fmt.user_open for t in texts]
+        started = time.perf_counter()
         try:
             runtime.run(prompt, [task.render(t) for t in texts], lambda i, n: task.program(texts[i], n),
                         task.answer_tokens, on_done=on_done, row_prefixes=prefixes)
+            speed.record(model_id, task.name, runtime.usage.prompt_tokens - usage[0], time.perf_counter() - started)
         finally:
             flush()
             progress.close()

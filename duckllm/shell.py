@@ -12,21 +12,25 @@ import duckdb
 
 from .errors import DuckLLMError
 from .home import home
+from .output import MODES
 
 PROMPT, CONTINUE = "D ", "‣ "
 HELP = """.help             this list
 .tables           list tables and views
 .schema [TABLE]   CREATE statements
 .timer on|off     print each statement's run time
+.mode [MODE]      how results print: duckbox (default), csv, json, markdown, line, list
 .quit / .exit     leave (Ctrl-D also)"""
 
 
 class Shell:
-    def __init__(self, con: duckdb.DuckDBPyConnection, stdin=None, stdout=None):
+    def __init__(self, con: duckdb.DuckDBPyConnection, stdin=None, stdout=None, confirm=None):
         self.con = con
         self.stdin = stdin or sys.stdin
         self.out = stdout or sys.stdout
+        self.confirm = confirm          # asks before a long query (cli.ask_when_long)
         self.timer = False
+        self.mode = "duckbox"
         self.interactive = self.stdin.isatty()
         self._readline = self._setup_history() if self.interactive else None
 
@@ -74,6 +78,7 @@ class Shell:
                 buffer.append(line)
                 text = "\n".join(buffer)
                 if text.strip().endswith(";"):
+                    self._remember_as_one(buffer)
                     buffer = []
                     self.execute(text)
                 elif not text.strip():
@@ -85,11 +90,20 @@ class Shell:
                 except OSError:
                     pass
 
+    def _remember_as_one(self, lines: list[str]) -> None:
+        """A statement typed over several lines comes back from history as one line."""
+        if self._readline is None or len(lines) < 2:
+            return
+        end = self._readline.get_current_history_length()
+        for position in range(end - 1, end - 1 - len(lines), -1):
+            self._readline.remove_history_item(position)
+        self._readline.add_history(" ".join(line.strip() for line in lines))
+
     def execute(self, sql: str) -> None:
         from .cli import run_statements, user_message
         start = time.perf_counter()
         try:
-            run_statements(self.con, sql)
+            run_statements(self.con, sql, confirm=self.confirm, mode=self.mode, out=self.out)
         except KeyboardInterrupt:
             print("Interrupted: the query was cancelled; finished rows are kept in the result cache.",
                   file=self.out)
@@ -115,6 +129,11 @@ class Shell:
             self.execute(f"SELECT sql FROM duckdb_tables(){where};")
         elif name == ".timer":
             self.timer = arg.lower() in ("on", "1", "true")
+        elif name == ".mode":
+            if arg in MODES:
+                self.mode = arg
+            else:
+                print(f"current mode: {self.mode}; .mode takes one of {', '.join(MODES)}", file=self.out)
         else:
             print(f"Unknown command {name}; .help lists the commands", file=self.out)
         return True

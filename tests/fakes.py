@@ -59,3 +59,11 @@ class FakeRuntime:
 
     def describe(self):
         return {"device": "fake"}
+
+    @staticmethod
+    def tokenize(text, add_bos=False, special=False):
+        return text.split()
+
+    @staticmethod
+    def prompt_speed():
+        return 100.0

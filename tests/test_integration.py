@@ -246,3 +246,19 @@ def test_shell_runs_multi_line_statements_and_dot_commands(small_model_path):
     assert result.exit_code == 0, result.output
     assert "label" in result.output and "│ t " in result.output.replace("│ t  ", "│ t ")
     assert "Error: llm_classify: labels is NULL" in result.output
+
+
+def test_explain_counts_and_then_sees_the_cached_rows(small_model_path, tmp_path):
+    query = (f"SELECT id, llm_classify(text, {LABELS}) AS r FROM read_csv('{FIXTURES / 'tickets.csv'}') "
+             f"WHERE id > 1")
+    db = str(tmp_path / "t.duckdb")
+    before = CliRunner().invoke(main, ["explain", "--model", SMALL_MODEL, "--db", db, query])
+    assert before.exit_code == 0, before.output
+    header, _, row, total, *speeds = before.output.splitlines()
+    assert header.split()[:4] == ["call", "rows", "distinct", "cached"]
+    rows, distinct, cached, to_compute, tokens = [int(v.replace(",", "")) for v in row.split()[-7:-2]]
+    assert (rows, distinct, cached, to_compute) == (4, 4, 0, 4) and tokens > 4 * 8   # 8+ tokens a text
+    assert total.startswith(f"total: {distinct} inputs to compute") and speeds[0].startswith("speed: smollm2-135m: ")
+    assert CliRunner().invoke(main, ["sql", "--model", SMALL_MODEL, "--db", db, query]).exit_code == 0
+    after = CliRunner().invoke(main, ["explain", "--model", SMALL_MODEL, "--db", db, query]).output.splitlines()
+    assert [int(v) for v in after[2].split()[-7:-2]] == [rows, distinct, distinct, 0, 0]

@@ -14,6 +14,7 @@ import ctypes
 import math
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,19 @@ class LlamaRuntime:
             "parallel_rows": self.n_parallel,
             "system": self._c.llama_print_system_info().decode(errors="replace").strip(),
         }
+
+    def prompt_speed(self, n_tokens: int = 256) -> float:
+        """Prompt-eval tokens per second: one batch of n_tokens in a scratch sequence."""
+        with self._lock:
+            tokens = self.tokenize("The quick brown fox jumps over the lazy dog. " * n_tokens)[:n_tokens]
+            seq = self.n_parallel     # a row's sequence: free between calls
+            started = time.perf_counter()
+            try:
+                self._decode([(t, j, (seq,), j == len(tokens) - 1) for j, t in enumerate(tokens)],
+                             [None], lambda owner, logits: None)
+            finally:
+                self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            return len(tokens) / (time.perf_counter() - started)
 
     # ---- tokens ----------------------------------------------------------------------------
 
