@@ -66,17 +66,7 @@ def _threads() -> int:
 
 def prompt_eval_tokens_per_s(runtime) -> float:
     """The model's prompt-eval speed on one 512-token batch in a fresh sequence (best of 2)."""
-    tokens = (runtime.tokenize("The quick brown fox jumps over the lazy dog. ") * 60)[:512]
-    best = 0.0
-    for _ in range(2):
-        runtime._prefix = []
-        runtime._c.llama_memory_clear(runtime._memory, True)
-        start = time.perf_counter()
-        runtime._decode([(t, i, (0,), i == len(tokens) - 1) for i, t in enumerate(tokens)], [None],
-                        lambda owner, logits: None)
-        best = max(best, len(tokens) / (time.perf_counter() - start))
-    runtime._c.llama_memory_clear(runtime._memory, True)
-    return best
+    return max(runtime.prompt_speed(512) for _ in range(2))
 
 
 def main():

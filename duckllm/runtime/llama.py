@@ -176,13 +176,15 @@ class LlamaRuntime:
         with self._lock:
             tokens = self.tokenize("The quick brown fox jumps over the lazy dog. " * n_tokens)[:n_tokens]
             seq = self.n_parallel     # a row's sequence: free between calls
-            started = time.perf_counter()
+            items = [(t, j, (seq,), j == len(tokens) - 1) for j, t in enumerate(tokens)]
             try:
-                self._decode([(t, j, (seq,), j == len(tokens) - 1) for j, t in enumerate(tokens)],
-                             [None], lambda owner, logits: None)
+                self._decode(items[:8], [None], lambda owner, logits: None)   # pages the weights in
+                self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
+                started = time.perf_counter()
+                self._decode(items, [None], lambda owner, logits: None)
+                return len(tokens) / (time.perf_counter() - started)
             finally:
                 self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
-            return len(tokens) / (time.perf_counter() - started)
 
     # ---- tokens ----------------------------------------------------------------------------
 
@@ -263,6 +265,11 @@ class LlamaRuntime:
         answer tokens of rows in flight together."""
         shared = self.tokenize(prompt.shared, add_bos=self._add_bos(), special=True)
         tail = self.tokenize(prompt.tail, special=True)
+        if len(shared) + len(tail) >= self.n_ctx:     # said before llama.cpp fails on it
+            raise ArgumentError(f"the instructions, labels and examples take {len(shared) + len(tail)} "
+                                f"tokens, more than the model's context of {self.n_ctx}; shorten them "
+                                f"(for many labels, preselect := 32 lists only the likeliest with each "
+                                f"row) or set DUCKLLM_CONTEXT higher")
         self._ensure_prefix(shared)
         room = self.n_ctx - len(shared)
         results: list = [None] * len(texts)
@@ -415,6 +422,8 @@ class LlamaRuntime:
         b = self._batch
         owners = iter(owners)
         for start in range(0, len(items), self.n_batch):
+            if start:       # a long prompt takes several batches: Ctrl-C need not wait for all
+                cancel.check()
             chunk = items[start:start + self.n_batch]
             wanted = []
             for i, (token, pos, seqs, want) in enumerate(chunk):
