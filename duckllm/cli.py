@@ -255,6 +255,49 @@ def bench(suite_dir, datasets, limit, model, baseline, out):
     click.echo(f"duckllm bench: wrote {', '.join(str(p) for p in written)}", err=True)
 
 
+@main.command("run")
+@click.argument("query", required=False)
+@click.option("--ray", "address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray: a cluster address (auto, ray://host:10001), or none for a local cluster.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder for part-NNNNNN.parquet (on several machines: one they all mount).")
+@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+@click.option("--cache", help="A result cache file every worker shares, or 'off' (default: each node's own).")
+@click.option("--workers", type=int, help="Workers (default: one per GPU, else one per node).")
+@click.option("--gpus-per-worker", type=float, help="GPUs each worker holds (default 1 when the cluster has GPUs).")
+@click.option("--cpus-per-worker", type=int, help="CPUs each worker asks Ray for and runs llama.cpp on.")
+@click.option("--rows-per-shard", type=int, default=8192, show_default=True,
+              help="Input rows per part; a multiple of 2048 keeps the answers those of one plain query.")
+def run_command(query, address, output, model, cache, workers, gpus_per_worker, cpus_per_worker, rows_per_shard):
+    """Run a row-mapping query shard by shard into Parquet parts, on Ray or in this process;
+    a rerun computes only the parts not yet there."""
+    from .distributed import run_query
+    if query is None and address and " " in address:   # `--ray "SELECT ..."`: the flag had no address
+        query, address = address, "local"
+    if query is None:
+        raise click.UsageError("give a QUERY: duckllm run [--ray [ADDRESS]] \"SELECT ...\" --output DIR")
+
+    def report(shard):
+        click.echo(f"duckllm run: [{shard['done']}/{shard['todo']}] {shard['part']}: {shard['rows']} rows, "
+                   f"{shard['model_rows']} from the model, {shard['seconds']:.1f}s on {shard['worker']}", err=True)
+    results = []
+
+    def work():
+        results.append(run_query(query, output, ray=address is not None, address=address, model=model, cache=cache,
+                                 workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                                 rows_per_shard=rows_per_shard, progress=report))
+    with _errors():
+        if address is None:   # Ctrl-C must reach the model mid-shard; on Ray the main thread takes it
+            _interruptible(None, work)
+        else:
+            work()
+    result = results[0]
+    click.echo(f"{result.computed} parts computed, {result.skipped} already there, {result.shards} in all; "
+               f"{result.rows} rows in {result.seconds:.1f}s ({result.model_rows} from the model, "
+               f"{result.cache_hits} from the cache)", err=True)
+    click.echo(f"read them with: {result.read_back()}")
+
+
 @main.command()
 @click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
 def info(model):
