@@ -3,12 +3,14 @@
 Keys hash everything that shapes an answer: the model file's sha256, the task (function, prompt
 version, arguments, options) and the input text. SQLite in WAL mode lets several processes read
 and write at once; rows are written as they finish, so an interrupted query keeps them. A cache
-that cannot be opened or written turns into a warning: queries still answer.
+that cannot be opened or written turns into a warning: queries still answer. One that can still be
+read (a read-only disk, a full one) keeps serving the answers it holds.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -40,7 +42,8 @@ class ResultCache:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else default_path()
         self._local = threading.local()
-        self._broken: str | None = None
+        self._broken: str | None = None       # why it can be neither read nor written
+        self._read_only: str | None = None    # why it can be read only
 
     def _db(self) -> sqlite3.Connection | None:
         """One SQLite connection per thread (DuckDB calls UDFs from several)."""
@@ -49,15 +52,53 @@ class ResultCache:
         db = getattr(self._local, "db", None)
         if db is None:
             try:
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db = self._open()
+            except sqlite3.Error as e:
+                db = self._open_read_only()
+                if db is None:
+                    self._fail(f"cannot open {self.path} ({e})")
+                    return None
+                self._fail(f"cannot open {self.path} for writing ({e})", readable=True)
+            self._local.db = db
+        return db
+
+    def _open(self, patience: float = 30.0) -> sqlite3.Connection:
+        """The cache opened for reading and writing, in WAL mode. Processes opening a new cache
+        at once race to switch it to WAL; SQLite answers the loser 'database is locked' at once,
+        without waiting (a wait could deadlock), so it tries again."""
+        deadline = time.monotonic() + patience
+        while True:
+            db = sqlite3.connect(self.path, timeout=patience, isolation_level=None)
+            try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(SCHEMA)
-            except sqlite3.Error as e:
-                self._fail(f"cannot open {self.path} ({e})")
-                return None
-            self._local.db = db
-        return db
+                return db
+            except sqlite3.OperationalError as e:
+                db.close()
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            except sqlite3.Error:
+                db.close()
+                raise
+
+    def _open_read_only(self) -> sqlite3.Connection | None:
+        """The cache opened for reading, where it exists and holds results; else None."""
+        if not self.path.is_file():
+            return None
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        # Reading a WAL database takes its -shm file, which a read-only disk or folder cannot
+        # hold; there the file is opened as immutable (without locks) instead.
+        shm_impossible = not os.access(self.path.parent, os.W_OK)
+        for extra in ("", "&immutable=1") if shm_impossible else ("",):
+            try:
+                db = sqlite3.connect(uri + extra, uri=True, timeout=30, isolation_level=None)
+                db.execute("SELECT count(*) FROM results WHERE key = ''").fetchone()
+                return db
+            except sqlite3.Error:
+                continue
+        return None
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         db = self._db()
@@ -70,21 +111,21 @@ class ResultCache:
                 marks = ",".join("?" * len(chunk))
                 for key, result in db.execute(f"SELECT key, result FROM results WHERE key IN ({marks})", chunk):
                     found[key] = json.loads(result)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, ValueError) as e:     # ValueError: a damaged row
             self._fail(f"cannot read {self.path} ({e})")
         return found
 
     def put_many(self, function: str, items: list[tuple[str, dict]]) -> None:
         db = self._db()
-        if db is None or not items:
+        if db is None or not items or self._read_only:
             return
         now = time.time()
         try:
             with db:
                 db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
                                [(k, function, json.dumps(v), now) for k, v in items])
-        except sqlite3.Error as e:
-            self._fail(f"cannot write {self.path} ({e})")
+        except sqlite3.Error as e:      # a full disk, a lost permission: reading may still work
+            self._fail(f"cannot write {self.path} ({e})", readable=True)
 
     def stats(self) -> list[tuple[str, int]]:
         db = self._db()
@@ -101,8 +142,17 @@ class ResultCache:
         db.execute("VACUUM")
         return n
 
-    def _fail(self, reason: str) -> None:
-        if not self._broken:
-            print(f"duckllm: warning: result cache off for this process: {reason}. Answers are still "
-                  f"computed; set DUCKLLM_HOME to a writable directory to keep them.", file=sys.stderr)
-        self._broken = reason
+    def _fail(self, reason: str, readable: bool = False) -> None:
+        if self._broken or (readable and self._read_only):
+            return      # said once
+        if readable:
+            self._read_only = reason
+            state = "read-only for this process"
+            kept = "cached answers are still used; new ones are computed but not kept"
+        else:
+            self._broken = reason
+            state = "off for this process"
+            kept = "answers are still computed but not kept"
+        print(f"duckllm: warning: result cache {state}: {reason}. The query goes on: {kept}. To keep "
+              f"them, free disk space or fix the file's permissions, or set DUCKLLM_HOME to a writable "
+              f"directory.", file=sys.stderr)

@@ -10,6 +10,7 @@ import json
 import duckdb
 import pyarrow as pa
 
+from . import cancel
 from .engine import Engine
 from .home import package_data
 from .stats import FIELDS, STATS
@@ -105,13 +106,15 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: E
                                 _duckdb_type(result_type), type="arrow", null_handling="special",
                                 side_effects=False)
     if "__duckllm_extract_structure" not in existing:   # evaluated once, when a query is bound
+        # null_handling: a NULL schema is an error that says so, not a silently NULL column
         con.create_function("__duckllm_extract_structure", extract.json_structure, ["VARCHAR"], "VARCHAR",
-                            side_effects=False)
+                            null_handling="special", side_effects=False)
     if "__duckllm_stats" not in existing:
         con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
     con.execute("SET VARIABLE duckllm_model = ?", [model])
     for script in sorted(package_data("sql_macros").glob("*.sql")):
         con.execute(script.read_text())
+    cancel.watch(con)   # Ctrl-C stops its model work from any program, not only the CLI
     return con
 
 

@@ -4,11 +4,12 @@
 -- Connection variables: duckllm_model, the default model (SET VARIABLE duckllm_model =
 -- 'qwen2.5-coder-0.5b'); duckllm_cache, false to bypass the result cache.
 -- TEMP: the macros live with the connection and are never written into a database file.
+-- A text of another type (a number, a date, a BLOB) is read as its VARCHAR form, as a cast writes it.
 
 CREATE OR REPLACE TEMP MACRO llm_classify(text, labels, options := NULL, descriptions := NULL,
                                           instructions := NULL, examples := NULL, nearest := NULL,
                                           preselect := NULL, model := NULL, confidence := NULL) AS
-    __duckllm_classify(text, to_json({'labels': labels, 'options': options,
+    __duckllm_classify(text::VARCHAR, to_json({'labels': labels, 'options': options,
         'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
         'nearest': nearest, 'preselect': preselect,
         'model': coalesce(model, getvariable('duckllm_model')), 'confidence': confidence,
@@ -16,15 +17,17 @@ CREATE OR REPLACE TEMP MACRO llm_classify(text, labels, options := NULL, descrip
 
 CREATE OR REPLACE TEMP MACRO llm_clean(text, instructions := NULL, options := NULL, examples := NULL,
                                        model := NULL) AS
-    __duckllm_clean(text, to_json({'instructions': instructions, 'options': options, 'examples': examples,
+    __duckllm_clean(text::VARCHAR, to_json({'instructions': instructions, 'options': options, 'examples': examples,
         'model': coalesce(model, getvariable('duckllm_model')),
         'cache': getvariable('duckllm_cache')})::VARCHAR);
 
--- The pair travels as one JSON text, so dedup and the cache key on the pair; NULL if either is.
+-- The pair travels as one JSON text, so dedup and the cache key on the pair; NULL if either is,
+-- '' (blank: no model work) if either is only whitespace.
 CREATE OR REPLACE TEMP MACRO llm_match(a, b, instructions := NULL, options := NULL, examples := NULL,
                                        model := NULL) AS
     __duckllm_match(CASE WHEN a IS NULL OR b IS NULL THEN NULL
-                         WHEN trim(a::VARCHAR) = '' OR trim(b::VARCHAR) = '' THEN ''
+                         WHEN regexp_full_match(a::VARCHAR, '[\s\p{Z}]*')
+                           OR regexp_full_match(b::VARCHAR, '[\s\p{Z}]*') THEN ''
                          ELSE to_json([a::VARCHAR, b::VARCHAR])::VARCHAR END,
         to_json({'instructions': instructions, 'options': options, 'examples': examples,
         'model': coalesce(model, getvariable('duckllm_model')),
@@ -33,7 +36,7 @@ CREATE OR REPLACE TEMP MACRO llm_match(a, b, instructions := NULL, options := NU
 -- Typed by the schema: the UDF answers JSON, read here into STRUCT(<fields>, confidence, note).
 CREATE OR REPLACE TEMP MACRO llm_extract(text, schema, instructions := NULL, options := NULL,
                                          model := NULL) AS
-    from_json(__duckllm_extract(text, to_json({'schema': schema, 'instructions': instructions,
+    from_json(__duckllm_extract(text::VARCHAR, to_json({'schema': schema, 'instructions': instructions,
         'options': options, 'model': coalesce(model, getvariable('duckllm_model')),
         'cache': getvariable('duckllm_cache')})::VARCHAR),
         __duckllm_extract_structure(to_json(schema)::VARCHAR));
@@ -41,21 +44,21 @@ CREATE OR REPLACE TEMP MACRO llm_extract(text, schema, instructions := NULL, opt
 CREATE OR REPLACE TEMP MACRO llm_entities(text, types := ['PER', 'ORG', 'LOC', 'MISC'], descriptions := NULL,
                                           instructions := NULL, max_entities := NULL, options := NULL,
                                           model := NULL) AS
-    __duckllm_entities(text, to_json({'types': types, 'descriptions': descriptions,
+    __duckllm_entities(text::VARCHAR, to_json({'types': types, 'descriptions': descriptions,
         'instructions': instructions, 'max_entities': max_entities, 'options': options,
         'model': coalesce(model, getvariable('duckllm_model')),
         'cache': getvariable('duckllm_cache')})::VARCHAR);
 
 CREATE OR REPLACE TEMP MACRO llm_classify_multi(text, labels, descriptions := NULL, instructions := NULL,
                                                 threshold := NULL, options := NULL, model := NULL) AS
-    __duckllm_classify_multi(text, to_json({'labels': labels, 'descriptions': descriptions,
+    __duckllm_classify_multi(text::VARCHAR, to_json({'labels': labels, 'descriptions': descriptions,
         'instructions': instructions, 'threshold': threshold, 'options': options,
         'model': coalesce(model, getvariable('duckllm_model')),
         'cache': getvariable('duckllm_cache')})::VARCHAR);
 
 CREATE OR REPLACE TEMP MACRO llm_enrich(text, question, max_tokens := NULL, examples := NULL,
                                         options := NULL, model := NULL) AS
-    __duckllm_enrich(text, to_json({'question': question, 'max_tokens': max_tokens, 'examples': examples,
+    __duckllm_enrich(text::VARCHAR, to_json({'question': question, 'max_tokens': max_tokens, 'examples': examples,
         'options': options, 'model': coalesce(model, getvariable('duckllm_model')),
         'cache': getvariable('duckllm_cache')})::VARCHAR);
 

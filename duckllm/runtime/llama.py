@@ -381,9 +381,10 @@ class LlamaRuntime:
                 lo, hi = (mid, hi) if mid + answer_tokens(mid) <= avail else (lo, mid - 1)
             n = lo
         if n < 1:
-            raise ArgumentError(f"the instructions and labels take {self.n_ctx - room} of the model's "
-                                f"{self.n_ctx} context tokens, leaving no room for the text; shorten them "
-                                f"or set DUCKLLM_CONTEXT higher")
+            raise ArgumentError(f"the instructions and labels take {self.n_ctx - avail} of the model's "
+                                f"{self.n_ctx} context tokens and the answer up to {answer_tokens(1)} more, "
+                                f"leaving no room for the text; shorten them, ask for a shorter answer "
+                                f"(max_tokens, max_entities) or set DUCKLLM_CONTEXT higher")
         return text_tokens[:n] + tail, n, answer_tokens(n), n < len(text_tokens)
 
     def _add_bos(self) -> bool:

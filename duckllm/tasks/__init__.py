@@ -30,6 +30,10 @@ class Task:
                                                 # (its nearest examples) between the shared ones and it
 
 
+# options every function reads as text, and an example of each for the error message
+TEXT_OPTIONS = {"instructions": "'Sort support tickets.'", "model": "'smollm2-135m' or a .gguf path"}
+
+
 def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> dict:
     """Options from SQL arrive as JSON (named parameters and an options STRUCT, merged)."""
     if raw is None:
@@ -42,6 +46,9 @@ def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> d
     unknown = sorted(set(merged) - allowed)
     if unknown:
         raise ArgumentError(f"{function}: unknown option {unknown[0]!r}; the options are {', '.join(sorted(allowed))}")
+    for name, example in TEXT_OPTIONS.items():
+        if name in merged and not isinstance(merged[name], str):
+            raise ArgumentError(f"{function}: {name} must be text such as {example}, got {merged[name]!r}")
     return merged
 
 

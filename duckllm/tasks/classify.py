@@ -94,6 +94,9 @@ def validate_labels(labels, function: str = FUNCTION, what: str = "labels",
     for label in labels:
         if label is None or not str(label).strip():
             raise ArgumentError(f"{function}: {what} contains a NULL or empty entry; remove it from {list(labels)!r}")
+        if not isinstance(label, str):
+            raise ArgumentError(f"{function}: {what} must be text, but {label!r} is not; write them as "
+                                f"strings or cast the list: {what}::VARCHAR[]")
         if label in seen:
             raise ArgumentError(f"{function}: label {label!r} appears twice in {what}; each must be distinct")
         seen.add(label)
