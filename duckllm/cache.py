@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import DuckLLMError
 from .home import home
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS results (
@@ -137,9 +138,13 @@ class ResultCache:
         db = self._db()
         if db is None:
             return 0
-        with db:
-            n = db.execute("DELETE FROM results").rowcount
-        db.execute("VACUUM")
+        try:
+            with db:
+                n = db.execute("DELETE FROM results").rowcount
+            db.execute("VACUUM")
+        except sqlite3.Error as e:
+            raise DuckLLMError(f"cannot clear the result cache {self.path} ({e}); fix the file's "
+                               f"permissions or free disk space, or delete the file") from e
         return n
 
     def _fail(self, reason: str, readable: bool = False) -> None:

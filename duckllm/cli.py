@@ -212,7 +212,8 @@ def cache_stats():
 def cache_clear():
     """Delete every cached result."""
     from .cache import ResultCache
-    click.echo(f"removed {ResultCache().clear():,} cached results")
+    with _errors():
+        click.echo(f"removed {ResultCache().clear():,} cached results")
 
 
 @main.command()

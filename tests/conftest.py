@@ -53,3 +53,12 @@ def small_model_path():
 @pytest.fixture
 def small_con(small_model_path):
     return duckllm.connect(model=SMALL_MODEL)
+
+
+@pytest.fixture
+def home(small_model_path, tmp_path):
+    """A duckllm home of its own for child processes (the CLI, the shell), the small model linked in."""
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / small_model_path.name).symlink_to(small_model_path)
+    return home

@@ -1,5 +1,6 @@
 """Dedup, the persistent result cache, statistics and progress, on the fake runtime."""
 import io
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -132,3 +133,14 @@ def test_progress_is_quiet_off_a_terminal():
     p.advance(25)
     p.close()
     assert stream.getvalue() == ""
+
+
+def test_clearing_a_read_only_cache_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "cache.sqlite"
+    ResultCache(path).put_many("llm_classify", [("k", {"label": "a"})])
+    # as the cache opens on a read-only disk (root ignores file modes, so open it read-only)
+    monkeypatch.setattr(ResultCache, "_db", lambda self: sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True))
+    cache_module.default_path = lambda: path   # the autouse fixture restores it
+    result = CliRunner().invoke(main, ["cache", "clear"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: cannot clear the result cache" in result.output and "fix the file's permissions" in result.output

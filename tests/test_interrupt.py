@@ -31,10 +31,7 @@ def duckllm_cli(*args, home, **kwargs):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
-def test_ctrl_c_cancels_keeps_finished_rows_and_a_rerun_computes_the_rest(small_model_path, tmp_path):
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / small_model_path.name).symlink_to(small_model_path)
+def test_ctrl_c_cancels_keeps_finished_rows_and_a_rerun_computes_the_rest(home):
     cache = home / "cache.sqlite"
     run = duckllm_cli("sql", "--model", SMALL_MODEL, QUERY, home=home)
     deadline = time.time() + 120

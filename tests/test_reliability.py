@@ -46,15 +46,6 @@ def stats(con) -> dict:
     return dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
 
 
-@pytest.fixture
-def home(small_model_path, tmp_path):
-    """A duckllm home of its own for child processes, the small model linked into it."""
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / small_model_path.name).symlink_to(small_model_path)
-    return home
-
-
 def python(script: str, *args, home, **env) -> subprocess.Popen:
     """A Python program as a user writes one, run in a child process on the given duckllm home."""
     return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], text=True,

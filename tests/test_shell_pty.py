@@ -18,14 +18,6 @@ LONG = ("SELECT count(llm_classify('ticket ' || i || ': where is my refund', ['r
         "FROM range(400) t(i);")
 
 
-@pytest.fixture
-def home(small_model_path, tmp_path):
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / small_model_path.name).symlink_to(small_model_path)
-    return home
-
-
 def spawn(home, confirm_seconds="1e9"):
     env = dict(os.environ, DUCKLLM_HOME=str(home), DUCKLLM_PROGRESS="0", TERM="dumb",
                DUCKLLM_CONFIRM_SECONDS=confirm_seconds)
