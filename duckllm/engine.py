@@ -67,6 +67,7 @@ class Plan:
     distinct: set[str] = field(default_factory=set)   # cache keys of the distinct other texts
     cached: set[str] = field(default_factory=set)     # those already in the result cache
     prompt_tokens: int = 0         # row-prompt tokens (text + chat tail) of the texts to compute
+    prefix_tokens: int = 0         # the shared prompt, evaluated once when anything is computed
     tokens_per_s: float = 0.0      # row-prompt tokens/s expected on this machine ...
     speed_source: str = ""         # ... and where that figure comes from
 
@@ -75,8 +76,12 @@ class Plan:
         return len(self.distinct) - len(self.cached)
 
     @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.prefix_tokens if self.to_compute else 0
+
+    @property
     def seconds(self) -> float:
-        return self.prompt_tokens / self.tokens_per_s if self.tokens_per_s else 0.0
+        return self.tokens / self.tokens_per_s if self.tokens_per_s else 0.0
 
 
 class Engine:
@@ -154,9 +159,11 @@ class Engine:
             plan.distinct.update(new.values())
         cached = set(self.cache.get_many(list(new.values()))) if use_cache and new else set()
         runtime = self.runtime(task.model)
-        tail = len(runtime.tokenize(runtime.format.split(list(task.messages)).tail, special=True))
+        prompt = runtime.format.split(list(task.messages))
+        tail = len(runtime.tokenize(prompt.tail, special=True))
         tokens = sum(len(runtime.tokenize(t)) + tail for t, k in new.items() if k not in cached)
-        rate = speed.estimate(model_id, task.name, runtime) if not plan.tokens_per_s else None
+        first = not plan.tokens_per_s
+        rate = speed.estimate(model_id, task.name, runtime) if first else None
         with self._plans_lock:
             plan.rows += len(given)
             plan.blank += len(given) - len(keys)
@@ -164,6 +171,7 @@ class Engine:
             plan.prompt_tokens += tokens
             if rate:
                 plan.tokens_per_s, plan.speed_source = rate
+                plan.prefix_tokens = len(runtime.tokenize(prompt.shared, special=True))
         return [None] * len(texts)
 
     def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None) -> list[dict | None]:

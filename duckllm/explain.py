@@ -29,7 +29,7 @@ class CallEstimate:
     rows: int                 # non-NULL rows the call sees
     distinct: int             # distinct non-blank inputs among them
     cached: int               # of those, already in the result cache
-    prompt_tokens: int        # row-prompt tokens of the inputs to compute
+    prompt_tokens: int        # prompt tokens to evaluate: the inputs to compute and the shared prompt
     seconds: float            # estimated time on this machine
     speed_source: str
 
@@ -117,7 +117,7 @@ def _summary(call: str, function: str, plans) -> CallEstimate:
         rows=max((p.rows for p in plans), default=0),
         distinct=sum(len(p.distinct) for p in plans),
         cached=sum(len(p.cached) for p in plans),
-        prompt_tokens=sum(p.prompt_tokens for p in plans),
+        prompt_tokens=sum(p.tokens for p in plans),
         seconds=sum(p.seconds for p in plans),
         speed_source="; ".join(dict.fromkeys(f"{p.model}: {p.tokens_per_s:.0f} tok/s, {p.speed_source}"
                                              for p in plans if p.tokens_per_s)),

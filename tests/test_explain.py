@@ -10,6 +10,8 @@ import sqlglot
 import duckllm
 from duckllm import cache, cli, explain, output, speed
 from duckllm.engine import Engine
+from duckllm.prompt_format import FORMATS
+from duckllm.tasks import classify
 
 from fakes import FakeRuntime
 
@@ -60,8 +62,10 @@ def test_counts_rows_distinct_and_cached_without_running_the_model(planned):
     assert (e.function, e.model, e.rows, e.distinct, e.cached, e.to_compute) == \
         ("llm_classify", "fake", 48, 10, 0, 10)   # ids 0 and 25 are NULL
     assert runtime.calls == []                    # nothing was answered
-    # the fake tokenizer splits at spaces: 3 per text, 2 in ChatML's tail after the row
-    assert e.prompt_tokens == 10 * (3 + 2)
+    # the fake tokenizer splits at spaces: 3 a text and 2 in ChatML's tail after it, and the
+    # shared prompt (instructions, labels) once
+    shared = FORMATS["chatml"].split(list(classify.build(["refund", "delivery"]).messages)).shared
+    assert e.prompt_tokens == 10 * (3 + 2) + len(shared.split())
     assert e.seconds == pytest.approx(e.prompt_tokens / (100.0 * speed.COLD_SHARE))
 
     con.execute("SELECT r.label FROM (" + QUERY + ") WHERE id < 20").fetchall()    # 10 texts answered
@@ -86,12 +90,14 @@ def test_argument_errors_show_before_anything_runs(planned):
 
 def test_the_table_shows_each_call_and_the_total(planned):
     con, engine, _ = planned
-    text = explain.render(explain.explain(con, QUERY + "; SELECT llm_clean(text) FROM tickets", engine))
+    estimates = explain.explain(con, QUERY + "; SELECT llm_clean(text) FROM tickets", engine)
+    text = explain.render(estimates)
     lines = text.splitlines()
     assert lines[0].split() == ["call", "rows", "distinct", "cached", "to", "compute", "prompt", "tokens",
                                 "est.", "time"]
-    assert lines[2].split()[-7:] == ["48", "10", "0", "10", "50", "0.8", "s"]
-    assert lines[3].split()[-7:] == ["96", "10", "0", "10", "50", "0.8", "s"]   # NULLs are rows 0, 25, ...
+    for line, e, rows in zip(lines[2:4], estimates, (48, 96)):      # NULLs are rows 0, 25, 50, 75
+        assert line.startswith(e.call[:20])
+        assert line.split()[-7:] == [str(rows), "10", "0", "10", str(e.prompt_tokens), f"{e.seconds:.1f}", "s"]
     assert "total: 20 inputs to compute" in text and "speed: fake: 60 tok/s" in text
     assert explain.render([]) == "no llm_* calls in this query: it asks nothing of a model"
 
