@@ -98,15 +98,19 @@ def main():
     """LLM labeling, cleaning and enrichment as DuckDB SQL functions."""
 
 
+# options several commands share
+FILE = click.option("-f", "--file", "file", type=click.Path(exists=True, dir_okay=False), help="Read SQL from a file.")
+DB = click.option("--db", type=click.Path(dir_okay=False), help="DuckDB database file (default: in memory).")
+MODEL = click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
 MODE = click.option("--mode", type=click.Choice(output.MODES), default="duckbox", show_default=True,
                     help="How results are printed.")
 
 
 @main.command()
 @click.argument("query", required=False)
-@click.option("-f", "--file", "file", type=click.Path(exists=True, dir_okay=False), help="Read SQL from a file.")
-@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB database file (default: in memory).")
-@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+@FILE
+@DB
+@MODEL
 @MODE
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before a long query (asked only on a terminal).")
 def sql(query, file, db, model, mode, yes):
@@ -120,9 +124,9 @@ def sql(query, file, db, model, mode, yes):
 
 @main.command("explain")
 @click.argument("query", required=False)
-@click.option("-f", "--file", "file", type=click.Path(exists=True, dir_okay=False), help="Read SQL from a file.")
-@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB database file (default: in memory).")
-@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+@FILE
+@DB
+@MODEL
 def explain_command(query, file, db, model):
     """Estimate what a query asks of the model before running it: per llm_* call, the rows,
     distinct inputs, cached answers, prompt tokens and time on this machine."""
@@ -140,7 +144,7 @@ def _query_text(query, file) -> str:
 
 @main.command()
 @click.argument("db", required=False)
-@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+@MODEL
 def shell(db, model):
     """Interactive SQL prompt with duckllm's functions loaded."""
     from .shell import Shell
@@ -262,7 +266,7 @@ def bench(suite_dir, datasets, limit, model, baseline, out):
               help="Run on Ray: a cluster address (auto, ray://host:10001), or none for a local cluster.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Folder for part-NNNNNN.parquet (on several machines: one they all mount).")
-@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+@MODEL
 @click.option("--cache", help="A result cache file every worker shares, or 'off' (default: each node's own).")
 @click.option("--workers", type=int, help="Workers (default: one per GPU, else one per node).")
 @click.option("--gpus-per-worker", type=float, help="GPUs each worker holds (default 1 when the cluster has GPUs).")
@@ -300,7 +304,7 @@ def run_command(query, address, output, model, cache, workers, gpus_per_worker, 
 
 
 @main.command()
-@click.option("--model", help="Catalog name or .gguf path (default: the catalog's default).")
+@MODEL
 def info(model):
     """Load a model and say which device runs it and how many layers are offloaded."""
     from .engine import Engine

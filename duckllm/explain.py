@@ -18,7 +18,9 @@ from sqlglot import exp
 from .errors import ArgumentError
 
 DIALECT = "duckdb"
-WITH = "with_" if "with_" in exp.Select.arg_types else "with"   # "with" in older sqlglot
+# the names of a SELECT's FROM and WITH in sqlglot's tree: "from" and "with" in older versions
+FROM = "from_" if "from_" in exp.Select.arg_types else "from"
+WITH = "with_" if "with_" in exp.Select.arg_types else "with"
 
 
 @dataclass
@@ -63,7 +65,7 @@ def probe(tree: exp.Expression, call: exp.Anonymous, names: set[str]) -> str:
     select = call.find_ancestor(exp.Select)
     query = exp.select(exp.func("count", call.copy()))
     if select is not None:
-        for arg in ("from_", "joins"):
+        for arg in (FROM, "joins"):
             if select.args.get(arg):
                 query.set(arg, select.args[arg].copy())
         where = select.args.get("where")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 import duckllm
 from duckllm.cache import ResultCache
@@ -15,6 +16,7 @@ from duckllm.engine import Engine
 
 from fakes import FakeRuntime
 
+CLASSIFY = "llm_classify(text, ['refund', 'delivery', 'card'])"
 TICKET_LABELS = "llm_classify(text, ['refund', 'delivery', 'account', 'card_lost'])"
 TEXTS = ["please refund me {}", "where is my delivery {}", "I lost my card {}", "refund or delivery {}",
          "hello {}", "", None]
@@ -71,3 +73,15 @@ def write_inputs(folder: Path) -> Path:
     con.execute(f"COPY (FROM t WHERE id >= 12 AND id < 20) TO '{folder}/b.csv'")
     (folder / "c.json").write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in rows[:9]))
     return folder
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """The input files of write_inputs, in a folder of the test's own."""
+    return write_inputs(tmp_path / "in")
+
+
+@pytest.fixture
+def model(tmp_path):
+    """A fake model path for the fake engine."""
+    return fake_model(tmp_path)

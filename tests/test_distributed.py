@@ -10,19 +10,8 @@ from duckllm.cli import main
 from duckllm.errors import ArgumentError
 
 from conftest import SMALL_MODEL
-from distributed_helpers import TICKET_LABELS, engine_factory, fake_model, read_parts, single_process, write_inputs
-
-CLASSIFY = "llm_classify(text, ['refund', 'delivery', 'card'])"
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    return write_inputs(tmp_path / "in")
-
-
-@pytest.fixture
-def model(tmp_path):
-    return fake_model(tmp_path)
+from distributed_helpers import (CLASSIFY, TICKET_LABELS, engine_factory, inputs, model,  # noqa: F401
+                                 read_parts, single_process)   # inputs, model: fixtures
 
 
 def run(sql, out, model, folder, **options):

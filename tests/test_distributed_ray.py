@@ -13,12 +13,11 @@ from duckllm import distributed  # noqa: E402
 from duckllm.cli import main  # noqa: E402
 
 from conftest import SMALL_MODEL  # noqa: E402
-from distributed_helpers import (TICKET_LABELS, engine_factory, fake_model, read_parts, single_process,  # noqa: E402
-                                 write_inputs)
+from distributed_helpers import (CLASSIFY, TICKET_LABELS, engine_factory, inputs, model,  # noqa: E402,F401
+                                 read_parts, single_process)   # inputs, model: fixtures
 
 pytestmark = pytest.mark.integration   # starts a Ray cluster: a minute of setup, not a unit test
 TESTS = Path(__file__).resolve().parent
-CLASSIFY = "llm_classify(text, ['refund', 'delivery', 'card'])"
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +27,6 @@ def cluster():
              runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})
     yield
     ray.shutdown()
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    return write_inputs(tmp_path / "in")
-
-
-@pytest.fixture
-def model(tmp_path):
-    return fake_model(tmp_path)
 
 
 def test_on_ray_the_parts_together_are_the_query_result(cluster, inputs, model, tmp_path):
