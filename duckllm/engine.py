@@ -34,7 +34,8 @@ def load_llama(path, fmt: Format | None) -> Runtime:
                                         n_ctx=_env_int("DUCKLLM_CONTEXT", 4096),
                                         n_parallel=_env_int("DUCKLLM_PARALLEL", 64),
                                         # several workers on one machine split its cores (duckllm.distributed)
-                                        n_threads=_env_int("DUCKLLM_THREADS", 0, lowest=0) or None)
+                                        n_threads=_env_int("DUCKLLM_THREADS", 0, lowest=0) or None,
+                                        batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)))
         return _loaded[key]
 
 

@@ -106,18 +106,36 @@ def test_choice_confidence_needs_no_scoring_of_the_determined_rest(runtimes):
         assert len(b.token_logprobs) == 1 < len(a.token_logprobs)
 
 
-def test_batched_rows_match_one_row_at_a_time(runtimes):
-    one, many = runtimes
-    task = classify.build(LABELS)
-    texts = [line.split(",", 1)[1] for line in (FIXTURES / "tickets.csv").read_text().splitlines()[1:]]
-    texts = [t for t in texts if t] * 3
+def _one_then_many(one, many, labels, texts):
+    task = classify.build(labels)
     prompt = one.format.split(list(task.messages))
-    a, b = one.choose(prompt, texts, LABELS), many.choose(prompt, texts, LABELS)
+    return one.choose(prompt, texts, labels), many.choose(prompt, texts, labels)
+
+
+def test_batched_rows_match_one_row_at_a_time(runtimes):
+    texts = [line.split(",", 1)[1] for line in (FIXTURES / "tickets.csv").read_text().splitlines()[1:]]
+    texts = [f"{t} ({i})" for i in range(8) for t in texts if t]   # 40 rows: more than one epoch of 32
+    a, b = _one_then_many(*runtimes, LABELS, texts)
     assert [c.index for c in a] == [c.index for c in b]
-    # llama.cpp's CPU kernels sum in a different order for other batch shapes; on this tiny
-    # model that moves a confidence by up to ~0.03 (issue 3 asks for 1e-3: not there yet)
+    for x, y in zip(a, b):     # bit for bit here; issue 3 asks for 1e-3
+        assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-4)
+        assert mean_token_prob(x.token_logprobs) == pytest.approx(mean_token_prob(y.token_logprobs), abs=1e-3)
+
+
+def test_batched_rows_match_one_row_at_a_time_on_the_default_model():
+    """The default model's K-quants take another matrix kernel in small batches (CPU_BATCH)."""
+    from duckllm import store
+    try:
+        path = store.resolve(fetch=False)
+    except Exception:
+        pytest.skip("the default model is not downloaded (the README's first command fetches it)")
+    one, many = LlamaRuntime(path, n_parallel=1), LlamaRuntime(path, n_parallel=4)
+    texts = ["refund me now", "where is my parcel", "I lost my card", "change my address", "card gone",
+             "the courier never came"]
+    a, b = _one_then_many(one, many, LABELS, texts)
+    assert [c.index for c in a] == [c.index for c in b]
     for x, y in zip(a, b):
-        assert mean_token_prob(x.token_logprobs) == pytest.approx(mean_token_prob(y.token_logprobs), abs=0.05)
+        assert mean_token_prob(x.token_logprobs) == pytest.approx(mean_token_prob(y.token_logprobs), abs=1e-3)
 
 
 def test_an_interrupted_call_leaves_the_model_usable(runtimes):

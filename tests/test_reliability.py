@@ -382,7 +382,8 @@ def test_a_model_too_large_for_memory_is_a_clear_error(small_model_path, home, t
 
 
 @pytest.mark.parametrize("name, value", [("DUCKLLM_CONTEXT", "4k"), ("DUCKLLM_CONTEXT", "0"),
-                                         ("DUCKLLM_PARALLEL", "-1"), ("DUCKLLM_THREADS", "two")])
+                                         ("DUCKLLM_PARALLEL", "-1"), ("DUCKLLM_THREADS", "two"),
+                                         ("DUCKLLM_BATCH_INVARIANT", "no")])
 def test_a_mistyped_setting_is_an_error_naming_it(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ModelError, match=f"{name}='{value}' is not a whole number from [01]; set it like {name}="):

@@ -29,6 +29,12 @@ from . import (Answer, Choice, Generation, Pick, Program, Prompt, Say, Usage, Wr
                single)
 
 PREFIX_SEQ = 0
+MAX_SEQS = 256            # llama.cpp's limit
+# llama.cpp's CPU kernels depend on a batch's size and round differently: K-quant matrix products
+# take another kernel under 8 tokens; attention a tiled one from 64 tokens and a split one for a
+# lone token over 512+ cells. Batches of 8 to 63 tokens keep every row on the same kernels, so a
+# row's answer does not depend, to the last bit, on what is decoded beside it.
+CPU_BATCH = (8, 63)
 SPAN_CANDIDATES = 64      # a span's next token is the likeliest of this many that stays in the source
 _KIND_CHARS = {           # what integer and number values may be written with ('null', 'n/a' too)
     "integer": set(" 0123456789-+,nul/a"),
@@ -86,7 +92,8 @@ class _Row:
 
 class LlamaRuntime:
     def __init__(self, path: str | Path, fmt: Format | None = None, *, n_ctx: int = 4096, n_batch: int = 512,
-                 n_parallel: int = 16, n_threads: int | None = None, n_gpu_layers: int | None = None):
+                 n_parallel: int = 16, n_threads: int | None = None, n_gpu_layers: int | None = None,
+                 batch_invariant: bool = True):
         import llama_cpp
 
         self._c = llama_cpp
@@ -118,10 +125,17 @@ class LlamaRuntime:
         self.n_threads = n_threads or physical_cores()
 
         cparams = llama_cpp.llama_context_default_params()
+        self.min_batch = 1
+        if batch_invariant and not self.n_gpu_layers:
+            self.min_batch, n_batch = CPU_BATCH[0], min(n_batch, CPU_BATCH[1])
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
-        cparams.n_seq_max = self.n_parallel + 1
+        # Rows of an epoch (see _run) each take a sequence; the last one holds throwaway tokens.
+        self.row_seqs = min(MAX_SEQS - 2, 2 * self.n_parallel)
+        self.scratch_seq = self.row_seqs + 1
+        cparams.n_seq_max = self.row_seqs + 2
+        cparams.n_outputs_max = max(n_batch + 1, cparams.n_seq_max)
         cparams.kv_unified = True          # rows share the prefix's cells instead of copying them
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads
@@ -134,7 +148,7 @@ class LlamaRuntime:
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(n_batch, 0, self.n_parallel + 1)
+        self._batch = llama_cpp.llama_batch_init(max(n_batch, self.min_batch), 0, 1)
         self._prefix: list[int] = []
         self._end_tokens = self.tokenize(self.format.end, special=True)
         self._pieces: list[str] | None = None
@@ -175,16 +189,15 @@ class LlamaRuntime:
         """Prompt-eval tokens per second: one batch of n_tokens in a scratch sequence."""
         with self._lock:
             tokens = self.tokenize("The quick brown fox jumps over the lazy dog. " * n_tokens)[:n_tokens]
-            seq = self.n_parallel     # a row's sequence: free between calls
-            items = [(t, j, (seq,), j == len(tokens) - 1) for j, t in enumerate(tokens)]
+            items = [(t, j, (self.scratch_seq,), j == len(tokens) - 1) for j, t in enumerate(tokens)]
             try:
                 self._decode(items[:8], [None], lambda owner, logits: None)   # pages the weights in
-                self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
+                self._c.llama_memory_seq_rm(self._memory, self.scratch_seq, -1, -1)
                 started = time.perf_counter()
                 self._decode(items, [None], lambda owner, logits: None)
                 return len(tokens) / (time.perf_counter() - started)
             finally:
-                self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
+                self._c.llama_memory_seq_rm(self._memory, self.scratch_seq, -1, -1)
 
     # ---- tokens ----------------------------------------------------------------------------
 
@@ -262,7 +275,11 @@ class LlamaRuntime:
     def _run(self, prompt: Prompt, texts, program, answer_tokens, on_done, row_prefixes=None) -> list[Answer]:
         """Continuous batching: the shared prefix is evaluated once (sequence 0); rows take free
         sequences as earlier rows finish, so one llama_decode carries new rows' prompts and the
-        answer tokens of rows in flight together."""
+        answer tokens of rows in flight together.
+
+        A finished row's cells are freed only when every row of its epoch has finished: llama.cpp
+        fills the lowest free cells first, and a row whose later tokens went into cells before its
+        earlier ones would be attended in another order, and round differently, than alone."""
         shared = self.tokenize(prompt.shared, add_bos=self._add_bos(), special=True)
         tail = self.tokenize(prompt.tail, special=True)
         if len(shared) + len(tail) >= self.n_ctx:     # said before llama.cpp fails on it
@@ -271,12 +288,12 @@ class LlamaRuntime:
                                 f"(for many labels, preselect := 32 lists only the likeliest with each "
                                 f"row) or set DUCKLLM_CONTEXT higher")
         self._ensure_prefix(shared)
-        room = self.n_ctx - len(shared)
+        room = self.n_ctx - len(shared) - self.min_batch      # - the cells padding takes (_decode)
         results: list = [None] * len(texts)
         pending = deque(range(len(texts)))
-        free_seqs = list(range(self.n_parallel, 0, -1))
+        free_seqs = list(range(self.row_seqs, 0, -1))
         in_flight: dict[int, _Row] = {}
-        used = 0                    # KV cells reserved by the rows in flight
+        used = 0                    # KV cells held by this epoch's rows: reserved or, once finished, used
         feeds: list[tuple[_Row, list]] = []
         head = None                 # the next row's fitted prompt, kept while it waits for cells
 
@@ -289,16 +306,18 @@ class LlamaRuntime:
             while pending or feeds:
                 cancel.check()
                 admitted = []
-                while pending and free_seqs:
+                while pending and len(in_flight) < self.n_parallel:
                     if head is None or head[0] != pending[0]:
                         head = fitted(pending[0])
                     i, tokens, n_text, limit, truncated = head
-                    if in_flight and used + len(tokens) + limit > room:
-                        break       # wait for rows in flight to free their cells
+                    if not free_seqs or used + len(tokens) + limit > room:
+                        if in_flight:
+                            break   # the epoch is full: wait for its rows in flight to finish
+                        self._free_rows()
+                        free_seqs, used = list(range(self.row_seqs, 0, -1)), 0
                     pending.popleft()
                     row = _Row(index=i, seq=free_seqs.pop(), pos=len(shared), truncated=truncated,
                                end=len(shared) + len(tokens) + limit, program=program(i, n_text))
-                    self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
                     self._c.llama_memory_seq_cp(self._memory, PREFIX_SEQ, row.seq, -1, -1)
                     in_flight[row.seq] = row
                     used += row.end - row.pos
@@ -328,13 +347,15 @@ class LlamaRuntime:
                         if on_done:
                             on_done(row.index, results[row.index])
                         del in_flight[row.seq]
-                        used -= row.end - len(shared)
-                        free_seqs.append(row.seq)
-                        self._c.llama_memory_seq_rm(self._memory, row.seq, -1, -1)
+                        used -= row.end - row.pos     # the cells it reserved but did not use
         finally:
-            for seq in in_flight:   # interrupted: leave no cells behind
-                self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            self._free_rows()      # done or interrupted: leave no cells behind
         return results
+
+    def _free_rows(self) -> None:
+        """Free every row's cells, and its share of the prefix's (a later prefix may differ)."""
+        for seq in range(1, self.row_seqs + 1):
+            self._c.llama_memory_seq_rm(self._memory, seq, -1, -1)
 
     def _advance(self, row: _Row, logits, feeds, said=()) -> None:
         """Drive a row's program: its decision step takes the logits after the row's last fed
@@ -417,15 +438,20 @@ class LlamaRuntime:
     # ---- llama_decode ----------------------------------------------------------------------
 
     def _decode(self, items, owners=(), observe=None) -> None:
-        """Decode (token, pos, seq_ids, want_logits) items in chunks of n_batch. For each item
-        that wants logits, in order, call observe(owner, logits): the logits are llama.cpp's own
-        buffer, valid only during the call, so no vocabulary-sized copy is kept."""
+        """Decode (token, pos, seq_ids, want_logits) items in even chunks of at most n_batch,
+        a chunk under min_batch padded with throwaway tokens. For each item that wants logits,
+        in order, call observe(owner, logits): the logits are llama.cpp's own buffer, valid only
+        during the call, so no vocabulary-sized copy is kept."""
         b = self._batch
         owners = iter(owners)
-        for start in range(0, len(items), self.n_batch):
+        n_chunks = -(-len(items) // self.n_batch)
+        size = -(-len(items) // max(n_chunks, 1))
+        for start in range(0, len(items), size):
             if start:       # a long prompt takes several batches: Ctrl-C need not wait for all
                 cancel.check()
-            chunk = items[start:start + self.n_batch]
+            chunk = items[start:start + size]
+            padding = max(0, self.min_batch - len(chunk))
+            chunk += [(chunk[0][0], j, (self.scratch_seq,), False) for j in range(padding)]
             wanted = []
             for i, (token, pos, seqs, want) in enumerate(chunk):
                 b.token[i] = token
@@ -438,6 +464,8 @@ class LlamaRuntime:
                     wanted.append(i)
             b.n_tokens = len(chunk)
             rc = self._c.llama_decode(self._ctx, b)
+            if padding:
+                self._c.llama_memory_seq_rm(self._memory, self.scratch_seq, -1, -1)
             if rc != 0:
                 raise ModelError(f"llama_decode failed with code {rc} (the KV cache is full or the "
                                  f"input is invalid); set DUCKLLM_CONTEXT higher or DUCKLLM_PARALLEL lower")
