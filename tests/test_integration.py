@@ -255,6 +255,7 @@ def test_cli_info_names_the_device(small_model_path):
     result = CliRunner().invoke(main, ["info", "--model", SMALL_MODEL])
     assert result.exit_code == 0 and re.search(r"device: (cpu|gpu)", result.output)
     assert "gpu_layers_offloaded:" in result.output
+    assert "batch_tokens: 8 to 63 (batch-invariant)" in result.output    # the CPU's rule (CPU_BATCH)
 
 
 def test_shell_runs_multi_line_statements_and_dot_commands(small_model_path):

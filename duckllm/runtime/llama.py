@@ -182,6 +182,7 @@ class LlamaRuntime:
             "threads": self.n_threads,
             "context": self.n_ctx,
             "parallel_rows": self.n_parallel,
+            "batch_tokens": f"{self.min_batch} to {self.n_batch}" + (" (batch-invariant)" if self.min_batch > 1 else ""),
             "system": self._c.llama_print_system_info().decode(errors="replace").strip(),
         }
 
