@@ -91,6 +91,15 @@ def test_switching_prompts_reuses_only_the_shared_start_of_the_prefix(small_mode
     assert answers(runtime, LABELS) == alone
 
 
+def test_a_prefix_that_is_the_start_of_the_one_held_needs_nothing_evaluated(runtimes):
+    from duckllm.prompt_format import Prompt
+    runtime = runtimes[1]
+    ask = lambda shared: runtime.choose(Prompt(shared, "\nAnswer: "), ["is the sky blue?"], ["yes", "no"])[0]
+    longer = ask("Question one two three: ")
+    assert ask("Question one two") is not None            # nothing new to evaluate for the prefix
+    assert ask("Question one two three: ").token_logprobs == longer.token_logprobs
+
+
 def test_choice_confidence_needs_no_scoring_of_the_determined_rest(runtimes):
     runtime = runtimes[1]
     labels = ["card_payment_fee_charged", "refund_not_showing_up"]

@@ -443,10 +443,12 @@ class LlamaRuntime:
         a chunk under min_batch padded with throwaway tokens. For each item that wants logits,
         in order, call observe(owner, logits): the logits are llama.cpp's own buffer, valid only
         during the call, so no vocabulary-sized copy is kept."""
+        if not items:
+            return
         b = self._batch
         owners = iter(owners)
         n_chunks = -(-len(items) // self.n_batch)
-        size = -(-len(items) // max(n_chunks, 1))
+        size = -(-len(items) // n_chunks)
         for start in range(0, len(items), size):
             if start:       # a long prompt takes several batches: Ctrl-C need not wait for all
                 cancel.check()
