@@ -86,6 +86,7 @@ class _Row:
     reply: object = None                  # what the program is sent next
     ended: bool = False                   # the answer's end token was chosen: nothing may follow
     prompt_left: int = 0                  # prompt tokens not yet fed (counted apart from answers)
+    prompt: tuple = ()                    # its prompt's tokens (guesses for written values)
     value: object = None
     done: bool = False
 
@@ -150,6 +151,7 @@ class LlamaRuntime:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(max(n_batch, self.min_batch), 0, 1)
         self._prefix: list[int] = []
+        self._alone = False             # one row in flight and none waiting (_Guesses)
         self._end_tokens = self.tokenize(self.format.end, special=True)
         self._pieces: list[str] | None = None
         self._masks: dict = {}
@@ -323,6 +325,7 @@ class LlamaRuntime:
                     in_flight[row.seq] = row
                     used += row.end - row.pos
                     row.prompt_left = len(tokens)
+                    row.prompt = tuple(tokens)
                     self._advance(row, None, feeds, said=tokens)
                     admitted.append(row)
                 items, callbacks = [], []
@@ -341,6 +344,7 @@ class LlamaRuntime:
                     row.pos += len(fed)
                 touched = admitted + [row for row, _ in feeds]
                 feeds = []
+                self._alone = len(in_flight) == 1 and not pending
                 self._decode(items, callbacks, lambda callback, logits: callback(logits, feeds))
                 for row in touched:
                     if row.done and row.seq in in_flight:
@@ -384,7 +388,8 @@ class LlamaRuntime:
             if isinstance(nxt, Say):
                 said += self.tokenize(nxt.text)
                 continue
-            row.step = _Picking(self, nxt) if isinstance(nxt, Pick) else _Writing(self, nxt, row.end - row.pos - len(said))
+            row.step = (_Picking(self, nxt) if isinstance(nxt, Pick) else
+                        _Writing(self, nxt, row.end - row.pos - len(said), _Guesses(self, row)))
             if said:      # the decision needs the logits after what was said
                 feeds.append((row, [(t, None) for t in said[:-1]] +
                               [(said[-1], lambda lg, fs: self._advance(row, lg, fs))]))
@@ -557,12 +562,45 @@ class _Picking:
         return lambda logits, feeds: self.logprobs.append(float(logits[token]) - _logsumexp(logits))
 
 
+class _Guesses:
+    """Guessed next tokens for a value a row writes while it is decoded alone. On the CPU every
+    batch carries at least min_batch tokens (CPU_BATCH), so rather than pad a lone token, the
+    slots check guesses: the tokens that followed the value's last written ones in the row's own
+    prompt (a cleaned or extracted value mostly copies it). A guess is kept only where decoding
+    picks it anyway, so answers are the same, bit for bit, with or without guessing."""
+
+    def __init__(self, runtime: LlamaRuntime, row: _Row):
+        self.rt, self.row = runtime, row
+
+    def next(self, written: list[int], limit: int) -> list[int]:
+        rt = self.rt
+        limit = min(limit, rt.min_batch - 1)
+        if limit < 1 or not rt._alone:
+            return []
+        prompt = self.row.prompt
+        for n in (3, 2, 1):                 # the longest recent run of the value found in the prompt
+            if len(written) < n:
+                continue
+            tail = tuple(written[-n:])
+            for start in range(len(prompt) - n, -1, -1):
+                if prompt[start:start + n] == tail and start + n < len(prompt):
+                    return list(prompt[start + n:start + n + limit])
+        return []
+
+    def take_back(self, n: int) -> None:
+        """Unfeed the last n tokens: a wrong guess and those after it."""
+        row, rt = self.row, self.rt
+        row.pos -= n
+        rt.usage.generated_tokens -= n
+        rt._c.llama_memory_seq_rm(rt._memory, row.seq, row.pos, -1)
+
+
 class _Writing:
     """A Write in progress: the likeliest token its kind allows, until its stop (a token that
     holds the stop closes the value), the end token (when it has no stop) or its token limit."""
 
-    def __init__(self, runtime: LlamaRuntime, step: Write, room: int):
-        self.rt, self.step = runtime, step
+    def __init__(self, runtime: LlamaRuntime, step: Write, room: int, guesses: _Guesses | None = None):
+        self.rt, self.step, self.guesses = runtime, step, guesses
         self.stop_tokens = runtime.tokenize(step.stop) if step.stop else []
         self.max_tokens = max(1, min(step.max_tokens, room - len(self.stop_tokens) - 1))
         self.masks = (runtime._mask(step.kind, step.stop, step.or_end)
@@ -592,7 +630,31 @@ class _Writing:
         if len(self.tokens) >= self.max_tokens:
             self._set_result(hit_limit=True)
             return [] if self.ended else [(token, None)] + self._write_stop(advance)
-        return [(token, advance)]
+        guessed = self.guesses.next(self.tokens, self.max_tokens - len(self.tokens) - 1) if self.guesses else []
+        if not guessed:
+            return [(token, advance)]
+        wrong = []          # set once a guess is wrong: the logits after it are void
+        checks = [self._check(guessed, j, wrong, advance) for j in range(len(guessed) + 1)]
+        return list(zip([token] + guessed, checks))
+
+    def _check(self, guessed: list[int], j: int, wrong: list, advance):
+        """The callback for the logits after guess j (after the written token for j = 0): keep
+        guess j + 1 if decoding picks it as a plain next token; else take back the guesses from it
+        on and decide from these logits as if nothing had been guessed."""
+        def check(logits, feeds):
+            if wrong:
+                return
+            if j < len(guessed):
+                token, closes = self._pick(logits)
+                if (token == guessed[j] and not closes and not self.rt._is_end(token)
+                        and len(self.tokens) + 1 < self.max_tokens):
+                    self.tokens.append(token)
+                    self.logprobs.append(float(logits[token]) - _logsumexp(logits))
+                    return
+                wrong.append(j)
+                self.guesses.take_back(len(guessed) - j)
+            advance(logits, feeds)
+        return check
 
     def _set_result(self, ended=False, hit_limit=False, closing="") -> None:
         self.ended = ended or self.step.stop is None
