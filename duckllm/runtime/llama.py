@@ -567,7 +567,7 @@ class _Guesses:
     batch carries at least min_batch tokens (CPU_BATCH), so rather than pad a lone token, the
     slots check guesses: the tokens that followed the value's last written ones in the row's own
     prompt (a cleaned or extracted value mostly copies it). A guess is kept only where decoding
-    picks it anyway, so answers are the same, bit for bit, with or without guessing."""
+    picks it anyway, so the answer is the one decoding without guesses gives."""
 
     def __init__(self, runtime: LlamaRuntime, row: _Row):
         self.rt, self.row = runtime, row
