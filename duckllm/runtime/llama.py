@@ -128,7 +128,7 @@ class LlamaRuntime:
         cparams = llama_cpp.llama_context_default_params()
         self.min_batch = 1
         if batch_invariant and not self.n_gpu_layers:
-            self.min_batch, n_batch = CPU_BATCH[0], min(n_batch, CPU_BATCH[1])
+            self.min_batch, n_batch = CPU_BATCH[0], min(max(n_batch, CPU_BATCH[0]), CPU_BATCH[1])
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
@@ -136,7 +136,7 @@ class LlamaRuntime:
         self.row_seqs = min(MAX_SEQS - 2, 2 * self.n_parallel)
         self.scratch_seq = self.row_seqs + 1
         cparams.n_seq_max = self.row_seqs + 2
-        cparams.n_outputs_max = max(n_batch + 1, cparams.n_seq_max)
+        cparams.n_outputs_max = max(n_batch, cparams.n_seq_max)
         cparams.kv_unified = True          # rows share the prefix's cells instead of copying them
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads
@@ -149,7 +149,7 @@ class LlamaRuntime:
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(max(n_batch, self.min_batch), 0, 1)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._prefix: list[int] = []
         self._alone = False             # one row in flight and none waiting (_Guesses)
         self._end_tokens = self.tokenize(self.format.end, special=True)
@@ -599,7 +599,7 @@ class _Writing:
     """A Write in progress: the likeliest token its kind allows, until its stop (a token that
     holds the stop closes the value), the end token (when it has no stop) or its token limit."""
 
-    def __init__(self, runtime: LlamaRuntime, step: Write, room: int, guesses: _Guesses | None = None):
+    def __init__(self, runtime: LlamaRuntime, step: Write, room: int, guesses: _Guesses):
         self.rt, self.step, self.guesses = runtime, step, guesses
         self.stop_tokens = runtime.tokenize(step.stop) if step.stop else []
         self.max_tokens = max(1, min(step.max_tokens, room - len(self.stop_tokens) - 1))
@@ -630,7 +630,7 @@ class _Writing:
         if len(self.tokens) >= self.max_tokens:
             self._set_result(hit_limit=True)
             return [] if self.ended else [(token, None)] + self._write_stop(advance)
-        guessed = self.guesses.next(self.tokens, self.max_tokens - len(self.tokens) - 1) if self.guesses else []
+        guessed = self.guesses.next(self.tokens, self.max_tokens - len(self.tokens) - 1)
         if not guessed:
             return [(token, advance)]
         wrong = []          # set once a guess is wrong: the logits after it are void
