@@ -34,6 +34,7 @@ from sqlglot import exp
 
 from . import catalog, store
 from .errors import ArgumentError, DuckLLMError
+from .explain import FROM, WITH
 
 READERS = {"read_parquet": "parquet", "parquet_scan": "parquet", "read_csv": "csv", "read_csv_auto": "csv",
            "read_json": "json", "read_json_auto": "json", "read_ndjson": "json", "read_ndjson_auto": "json"}
@@ -150,7 +151,7 @@ def parse(sql: str, output_hint: str = "DIR") -> Query:
     if not isinstance(select, exp.Select):
         _refuse(f"it is a {select.key.upper()} statement, not a SELECT", "Give a SELECT over read_parquet(...), "
                 "read_csv(...) or read_json(...); write its output to files with --output")
-    if select.args.get("with_") or select.args.get("with"):
+    if select.args.get(WITH):
         _refuse("it has a WITH clause", "Put the file reader directly in FROM: SELECT ... FROM read_parquet('...')")
     if select.args.get("joins"):
         _refuse("a JOIN pairs rows of different shards",
@@ -208,7 +209,7 @@ class Plan:
 
 
 def _from(select: exp.Select) -> exp.From | None:
-    return select.args.get("from_") or select.args.get("from")   # older sqlglot names it "from"
+    return select.args.get(FROM)
 
 
 def _reader(select: exp.Select) -> exp.Expression:
