@@ -132,7 +132,7 @@ def test_batched_rows_match_one_row_at_a_time(runtimes):
 
 
 def test_batched_rows_match_one_row_at_a_time_on_the_default_model():
-    """The default model's K-quants take another matrix kernel in small batches (CPU_BATCH)."""
+    """The default model's K-quants take another matrix kernel in small batches (CPU_MIN_BATCH)."""
     from duckllm import store
     try:
         path = store.resolve(fetch=False)
@@ -289,7 +289,8 @@ def test_cli_info_names_the_device(small_model_path):
     result = CliRunner().invoke(main, ["info", "--model", SMALL_MODEL])
     assert result.exit_code == 0 and re.search(r"device: (cpu|gpu)", result.output)
     assert "gpu_layers_offloaded:" in result.output
-    assert "batch_tokens: 8 to 63 (batch-invariant)" in result.output    # the CPU's rule (CPU_BATCH)
+    assert "batch_tokens: 8 to 512 (batch-invariant)" in result.output    # the CPU's rule (CPU_MIN_BATCH)
+    assert "kv_cache: bf16" in result.output
 
 
 def test_shell_runs_multi_line_statements_and_dot_commands(small_model_path):

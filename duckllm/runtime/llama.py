@@ -31,10 +31,12 @@ from . import (Answer, Choice, Generation, Pick, Program, Prompt, Say, Usage, Wr
 PREFIX_SEQ = 0
 MAX_SEQS = 256            # llama.cpp's limit
 # llama.cpp's CPU kernels depend on a batch's size and round differently: K-quant matrix products
-# take another kernel under 8 tokens; attention a tiled one from 64 tokens and a split one for a
-# lone token over 512+ cells. Batches of 8 to 63 tokens keep every row on the same kernels, so a
-# row's answer does not depend, to the last bit, on what is decoded beside it.
-CPU_BATCH = (8, 63)
+# take another kernel under 8 tokens; attention over an f16 cache a tiled one from 64 tokens and a
+# split one for a lone token over 512+ cells. Over a bf16 cache attention always takes its per-row
+# kernel (which sums in f32), so with batches of at least 8 tokens every row stays on the same
+# kernels and its answer does not depend, to the last bit, on what is decoded beside it.
+CPU_MIN_BATCH = 8
+GGML_TYPE_BF16 = 30       # ggml.h; llama-cpp-python 0.3.36 does not export it
 SPAN_CANDIDATES = 64      # a span's next token is the likeliest of this many that stays in the source
 _KIND_CHARS = {           # what integer and number values may be written with ('null', 'n/a' too)
     "integer": set(" 0123456789-+,nul/a"),
@@ -126,9 +128,12 @@ class LlamaRuntime:
         self.n_threads = n_threads or physical_cores()
 
         cparams = llama_cpp.llama_context_default_params()
-        self.min_batch = 1
+        self.min_batch, self.kv_cache = 1, "f16"
         if batch_invariant and not self.n_gpu_layers:
-            self.min_batch, n_batch = CPU_BATCH[0], min(max(n_batch, CPU_BATCH[0]), CPU_BATCH[1])
+            self.min_batch, n_batch = CPU_MIN_BATCH, max(n_batch, CPU_MIN_BATCH)
+            cparams.type_k = cparams.type_v = GGML_TYPE_BF16
+            self.kv_cache = "bf16"
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
@@ -185,6 +190,7 @@ class LlamaRuntime:
             "context": self.n_ctx,
             "parallel_rows": self.n_parallel,
             "batch_tokens": f"{self.min_batch} to {self.n_batch}" + (" (batch-invariant)" if self.min_batch > 1 else ""),
+            "kv_cache": self.kv_cache,
             "system": self._c.llama_print_system_info().decode(errors="replace").strip(),
         }
 
@@ -564,7 +570,7 @@ class _Picking:
 
 class _Guesses:
     """Guessed next tokens for a value a row writes while it is decoded alone. On the CPU every
-    batch carries at least min_batch tokens (CPU_BATCH), so rather than pad a lone token, the
+    batch carries at least min_batch tokens (CPU_MIN_BATCH), so rather than pad a lone token, the
     slots check guesses: the tokens that followed the value's last written ones in the row's own
     prompt (a cleaned or extracted value mostly copies it). A guess is kept only where decoding
     picks it anyway, so the answer is the one decoding without guesses gives."""
