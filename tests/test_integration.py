@@ -100,6 +100,17 @@ def test_a_prefix_that_is_the_start_of_the_one_held_needs_nothing_evaluated(runt
     assert ask("Question one two three: ").token_logprobs == longer.token_logprobs
 
 
+def test_prompt_speed_after_the_prefix_leaves_the_rows_answers_alone(runtimes):
+    runtime = runtimes[1]
+    task = classify.build(LABELS)
+    prompt = runtime.format.split(list(task.messages))
+    before = runtime.choose(prompt, ["where is my parcel"], LABELS)
+    assert runtime.prefix_tokens > 50
+    assert runtime.prompt_speed(16, after_prefix=True) > 0 and runtime.prompt_speed(16) > 0
+    after = runtime.choose(prompt, ["where is my parcel"], LABELS)
+    assert after[0].token_logprobs == before[0].token_logprobs     # the scratch cells are gone
+
+
 def test_choice_confidence_needs_no_scoring_of_the_determined_rest(runtimes):
     runtime = runtimes[1]
     labels = ["card_payment_fee_charged", "refund_not_showing_up"]

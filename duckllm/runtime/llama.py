@@ -194,17 +194,26 @@ class LlamaRuntime:
             "system": self._c.llama_print_system_info().decode(errors="replace").strip(),
         }
 
-    def prompt_speed(self, n_tokens: int = 256) -> float:
-        """Prompt-eval tokens per second: one batch of n_tokens in a scratch sequence."""
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens of the shared prompt held now (the last call's)."""
+        return len(self._prefix)
+
+    def prompt_speed(self, n_tokens: int = 256, after_prefix: bool = False) -> float:
+        """Prompt-eval tokens per second: one batch of n_tokens in a scratch sequence, fresh or
+        after the shared prefix held now (each token then attends over it, as a row's do)."""
         with self._lock:
+            start = len(self._prefix) if after_prefix else 0
             tokens = self.tokenize("The quick brown fox jumps over the lazy dog. " * n_tokens)[:n_tokens]
-            items = [(t, j, (self.scratch_seq,), j == len(tokens) - 1) for j, t in enumerate(tokens)]
+            items = [(t, start + j, (self.scratch_seq,), j == len(tokens) - 1) for j, t in enumerate(tokens)]
             try:
                 self._decode(items[:8], [None], lambda owner, logits: None)   # pages the weights in
                 self._c.llama_memory_seq_rm(self._memory, self.scratch_seq, -1, -1)
-                started = time.perf_counter()
+                if start:
+                    self._c.llama_memory_seq_cp(self._memory, PREFIX_SEQ, self.scratch_seq, -1, -1)
+                began = time.perf_counter()
                 self._decode(items, [None], lambda owner, logits: None)
-                return len(tokens) / (time.perf_counter() - started)
+                return len(tokens) / (time.perf_counter() - began)
             finally:
                 self._c.llama_memory_seq_rm(self._memory, self.scratch_seq, -1, -1)
 
