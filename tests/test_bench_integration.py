@@ -1,5 +1,7 @@
 """duckllm bench end to end on the smallest real model, with the free-text baseline."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,22 @@ def test_bench_without_a_suite_says_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.setattr("duckllm.suite.default_suite", lambda: None)
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code != 0 and "pass --suite DIR" in result.output
+
+
+def test_random_gguf_of_a_real_shape_loads_and_answers_through_sql(small_model_path, tmp_path):
+    """bench/random_gguf.py: the production model's shape without its weights (issue 3, on a GPU)."""
+    script = Path(__file__).parents[1] / "bench" / "random_gguf.py"
+    tokenizer, model = tmp_path / "tokenizer.gguf", tmp_path / "tiny.gguf"
+    run = lambda *args: subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    done = run("--donor", str(small_model_path), "--tokenizer-only", str(tokenizer))
+    assert done.returncode == 0, done.stderr
+    assert tokenizer.stat().st_size < 4e6            # small enough to carry where nothing downloads
+    done = run("--donor", str(tokenizer), "--shape", "tiny", "--out", str(model))
+    assert done.returncode == 0, done.stderr
+    import duckllm
+    from duckllm import sql
+    con = duckllm.connect(model=str(model))
+    r = con.execute("SELECT llm_classify('where is my parcel', ['refund', 'delivery'])").fetchone()[0]
+    assert r["label"] in ("refund", "delivery") and 0 < r["confidence"] <= 1
+    info = sql.default_engine().runtime(str(model)).describe()
+    assert info["layers"] == 2 and info["model"] == "tiny.gguf"

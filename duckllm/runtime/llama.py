@@ -205,9 +205,11 @@ class LlamaRuntime:
         with self._lock:
             start = len(self._prefix) if after_prefix else 0
             tokens = self.tokenize("The quick brown fox jumps over the lazy dog. " * n_tokens)[:n_tokens]
-            items = [(t, start + j, (self.scratch_seq,), j == len(tokens) - 1) for j, t in enumerate(tokens)]
+            batch = lambda first: [(t, first + j, (self.scratch_seq,), j == len(tokens) - 1)
+                                   for j, t in enumerate(tokens)]
+            items = batch(start)
             try:
-                self._decode(items[:8], [None], lambda owner, logits: None)   # pages the weights in
+                self._decode(batch(0)[:8], [None], lambda owner, logits: None)   # pages the weights in
                 self._c.llama_memory_seq_rm(self._memory, self.scratch_seq, -1, -1)
                 if start:
                     self._c.llama_memory_seq_cp(self._memory, PREFIX_SEQ, self.scratch_seq, -1, -1)
