@@ -27,16 +27,16 @@ Q4_K_BLOCK = (256, 144)      # values, bytes: f16 d, f16 dmin, 12 bytes of scale
 SCALE = np.float16(1e-4)     # d and dmin: weights of about 0.02, as trained ones
 
 
-def tokenizer_fields(donor: Path) -> list[tuple[str, object, list]]:
-    """(key, value, value types) of the donor's tokenizer and chat template."""
+def tokenizer_fields(donor: Path) -> dict[str, tuple[object, list]]:
+    """{key: (value, value types)} of the donor's tokenizer and chat template."""
     import gguf
     reader = gguf.GGUFReader(str(donor))
-    return [(key, field.contents(), field.types) for key, field in reader.fields.items()
-            if key.startswith("tokenizer.")]
+    return {key: (field.contents(), field.types) for key, field in reader.fields.items()
+            if key.startswith("tokenizer.")}
 
 
 def _copy(writer, fields) -> None:
-    for key, value, types in fields:
+    for key, (value, types) in fields.items():
         writer.add_key_value(key, value, types[0], sub_type=types[-1] if len(types) > 1 else None)
 
 
@@ -61,8 +61,9 @@ def write_model(donor: Path, shape: str, out: Path, seed: int = 0) -> None:
     import gguf
     s = SHAPES[shape]
     fields = tokenizer_fields(donor)
-    n_vocab = len(dict((k, v) for k, v, _ in fields)["tokenizer.ggml.tokens"])
+    n_vocab = len(fields["tokenizer.ggml.tokens"][0])
     n_embd, n_ff, head_dim = s["n_embd"], s["n_ff"], s["n_embd"] // s["n_head"]
+    kv = s["n_head_kv"] * head_dim
     writer = gguf.GGUFWriter(str(out), arch="llama")
     writer.add_name(f"random {shape}")
     writer.add_block_count(s["n_layer"])
@@ -83,7 +84,6 @@ def write_model(donor: Path, shape: str, out: Path, seed: int = 0) -> None:
     ones = np.ones(n_embd, dtype=np.float32)
     writer.add_tensor("token_embd.weight", random_q4_k(n_vocab, n_embd, rng), raw_dtype=q4_k)
     for i in range(s["n_layer"]):
-        kv = s["n_head_kv"] * head_dim
         for name, rows, cols in (("attn_q", n_embd, n_embd), ("attn_k", kv, n_embd), ("attn_v", kv, n_embd),
                                  ("attn_output", n_embd, n_embd), ("ffn_gate", n_ff, n_embd),
                                  ("ffn_up", n_ff, n_embd), ("ffn_down", n_embd, n_ff)):

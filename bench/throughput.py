@@ -66,7 +66,8 @@ def _threads() -> int:
 
 def prompt_eval_tokens_per_s(model_path: str) -> float:
     """The model's prompt-eval speed on one 512-token batch in a fresh sequence (best of 2), with
-    llama.cpp's fastest kernels for that batch (duckllm keeps CPU batches under 64 tokens)."""
+    llama.cpp's fastest kernels for that batch (duckllm's batch-invariant CPU batches run attention over a
+    bf16 cache in a slower kernel)."""
     from duckllm.runtime.llama import LlamaRuntime
     runtime = LlamaRuntime(model_path, n_parallel=1, batch_invariant=False)
     try:
