@@ -4,9 +4,10 @@ Issue 3 asks for the production model's speed on a GPU machine, which cannot dow
 depends on the shape and the quantization, not on the values, so this writes random Q4_K blocks
 (their scales held small, so activations stay finite) in the Llama-3-8B shape, with the tokenizer
 and chat template of a donor GGUF. The donor may be a tokenizer-only file this script writes: a few
-MB, small enough to carry to such a machine.
+MB, small enough to carry to such a machine. llama.cpp's own vocabulary files (its models/ folder,
+ggml-vocab-llama-bpe.gguf is Llama-3's) carry no chat template: --chat-template llama-3 adds one.
 
-    python bench/random_gguf.py --donor MODEL.gguf --tokenizer-only tokenizer.gguf
+    python bench/random_gguf.py --donor MODEL.gguf --tokenizer-only tokenizer.gguf [--chat-template llama-3]
     python bench/random_gguf.py --donor tokenizer.gguf --shape llama-3-8b --out llama3-8b-random.gguf
     python bench/throughput.py --model llama3-8b-random.gguf --rows 200     # labels are noise: time only
 
@@ -25,6 +26,12 @@ SHAPES = {      # llama.cpp's hyperparameters of the architecture 'llama'
 }
 Q4_K_BLOCK = (256, 144)      # values, bytes: f16 d, f16 dmin, 12 bytes of scales, 128 of 4-bit values
 SCALE = np.float16(1e-4)     # d and dmin: weights of about 0.02, as trained ones
+CHAT_TEMPLATES = {           # what instruction-tuned GGUFs of these families carry
+    "llama-3": "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + "
+               "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+               "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+               "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+}
 
 
 def tokenizer_fields(donor: Path) -> dict[str, tuple[object, list]]:
@@ -40,10 +47,13 @@ def _copy(writer, fields) -> None:
         writer.add_key_value(key, value, types[0], sub_type=types[-1] if len(types) > 1 else None)
 
 
-def write_tokenizer(donor: Path, out: Path) -> None:
+def write_tokenizer(donor: Path, out: Path, chat_template: str | None = None) -> None:
     import gguf
     writer = gguf.GGUFWriter(str(out), arch="llama")
-    _copy(writer, tokenizer_fields(donor))
+    fields = tokenizer_fields(donor)
+    if chat_template:
+        fields["tokenizer.chat_template"] = (CHAT_TEMPLATES[chat_template], [gguf.GGUFValueType.STRING])
+    _copy(writer, fields)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -102,11 +112,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--donor", type=Path, required=True, help="a GGUF whose tokenizer and chat template to copy")
     ap.add_argument("--tokenizer-only", type=Path, help="write only the donor's tokenizer to this file")
+    ap.add_argument("--chat-template", choices=sorted(CHAT_TEMPLATES),
+                    help="with --tokenizer-only: the chat template to give a donor that has none")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-3-8b")
     ap.add_argument("--out", type=Path, help="the random model's file")
     args = ap.parse_args()
     if args.tokenizer_only:
-        write_tokenizer(args.donor, args.tokenizer_only)
+        write_tokenizer(args.donor, args.tokenizer_only, args.chat_template)
     elif args.out:
         write_model(args.donor, args.shape, args.out)
     else:

@@ -41,22 +41,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def naive(model_path: str, texts, labels, queue):
-    """What a user without duckllm writes: one chat completion per row, reply matched to a label."""
+def naive(model_path: str, texts, labels, max_tokens: int, queue):
+    """What a user without duckllm writes: one chat completion per row (every layer on the GPU when
+    there is one), reply matched to a label."""
     from llama_cpp import Llama
     from duckllm.tasks import classify
     system = classify.build(labels).messages[0][1]
-    llm = Llama(model_path=model_path, n_ctx=4096, n_threads=_threads(), verbose=False)
+    llm = Llama(model_path=model_path, n_ctx=4096, n_threads=_threads(), n_gpu_layers=-1, verbose=False)
     norm = lambda s: re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
     known = {norm(l) for l in labels}
+    complete = lambda text: llm.create_chat_completion(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Text: " + text}],
+        max_tokens=max_tokens, temperature=0.0)
+    complete("warm up")             # untimed: the template's compiling and the GPU's first kernels
     start = time.perf_counter()
-    invalid = 0
+    invalid = generated = 0
     for text in texts:
-        out = llm.create_chat_completion(messages=[{"role": "system", "content": system},
-                                                   {"role": "user", "content": "Text: " + text}],
-                                         max_tokens=16, temperature=0.0)
+        out = complete(text)
         invalid += norm(out["choices"][0]["message"]["content"]) not in known
-    queue.put((len(texts) / (time.perf_counter() - start), invalid, peak_rss_mb()))
+        generated += out["usage"]["completion_tokens"]
+    queue.put((len(texts) / (time.perf_counter() - start), invalid, peak_rss_mb(), generated / len(texts)))
 
 
 def _threads() -> int:
@@ -83,6 +87,9 @@ def main():
     ap.add_argument("--model", default=None, help="catalog name or .gguf (default: the default model)")
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--naive-rows", type=int, default=None, help="rows for the naive loop (default: --rows)")
+    ap.add_argument("--naive-max-tokens", type=int, default=16,
+                    help="the naive loop's reply limit (a random-weight model never ends its reply: give "
+                         "the tokens a real model's answer takes)")
     args = ap.parse_args()
     os.environ.setdefault("DUCKLLM_PROGRESS", "0")
     os.environ["DUCKLLM_CACHE"] = "on"
@@ -100,9 +107,10 @@ def main():
     model_path = str(store.resolve(args.model))
 
     queue = mp.get_context("spawn").Queue()
-    proc = mp.get_context("spawn").Process(target=naive, args=(model_path, texts[:args.naive_rows or n], labels, queue))
+    proc = mp.get_context("spawn").Process(target=naive, args=(model_path, texts[:args.naive_rows or n], labels,
+                                                               args.naive_max_tokens, queue))
     proc.start()
-    naive_rps, naive_invalid, naive_rss = queue.get()
+    naive_rps, naive_invalid, naive_rss, naive_generated = queue.get()
     proc.join()
 
     pe_tps = prompt_eval_tokens_per_s(model_path)      # before the engine loads the model: one copy at a time
@@ -131,11 +139,14 @@ def main():
     text_tokens = sum(len(runtime.tokenize(t)) for t in cold_texts)
     limit_rps = pe_tps / (text_tokens / n)
     model_mb = Path(model_path).stat().st_size / 1e6
-    print(f"model {Path(model_path).name} ({model_mb:.0f} MB), dataset {args.dataset}, {n} rows, "
-          f"{len(labels)} labels, device {runtime.describe()['device']}, threads {runtime.describe()['threads']}")
+    info = runtime.describe()
+    print(f"model {Path(model_path).name} ({model_mb:.0f} MB), dataset {args.dataset}, {n} rows, {len(labels)} labels, "
+          f"device {info['device']} ({info['gpu_layers_offloaded']} layers offloaded), threads {info['threads']}, "
+          f"{info['parallel_rows']} rows in flight")
     print(f"prompt eval {pe_tps:.1f} tok/s; {text_tokens / n:.1f} text tokens/row -> limit {limit_rps:.2f} rows/s; "
-          f"cold run evaluated {cold['prompt'] / n:.1f} prompt + {cold['gen'] / n:.1f} answer tokens/row")
-    print(f"duckllm's own {batch}-token batch ({runtime.describe()['batch_tokens']}, {runtime.kv_cache} cache): "
+          f"cold run evaluated {cold['prompt'] / n:.1f} prompt + {cold['gen'] / n:.1f} answer tokens/row; "
+          f"the naive loop generated {naive_generated:.1f} tokens/row")
+    print(f"duckllm's own {batch}-token batch ({info['batch_tokens']}, {runtime.kv_cache} cache): "
           f"{fresh_tps:.1f} tok/s fresh, {prefix_tps:.1f} after the {runtime.prefix_tokens}-token shared prompt")
     print()
     print("| phase | rows/s | x naive | x cold | invalid | model rows | peak RSS MB | % of prompt-eval limit |")

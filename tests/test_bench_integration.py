@@ -54,3 +54,17 @@ def test_random_gguf_of_a_real_shape_loads_and_answers_through_sql(small_model_p
     assert r["label"] in ("refund", "delivery") and 0 < r["confidence"] <= 1
     info = sql.default_engine().runtime(str(model)).describe()
     assert info["layers"] == 2 and info["model"] == "tiny.gguf"
+
+
+def test_random_gguf_gives_a_template_less_donor_the_llama_3_chat_template(small_model_path, tmp_path):
+    """llama.cpp's vocabulary files carry no chat template; the tokenizer-only file can get Llama-3's."""
+    import gguf
+    from duckllm.prompt_format import detect
+    script = Path(__file__).parents[1] / "bench" / "random_gguf.py"
+    tokenizer = tmp_path / "tokenizer.gguf"
+    done = subprocess.run([sys.executable, str(script), "--donor", str(small_model_path), "--tokenizer-only",
+                           str(tokenizer), "--chat-template", "llama-3"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    template = gguf.GGUFReader(str(tokenizer)).fields["tokenizer.chat_template"].contents()
+    assert detect(template).name == "llama3"
+    assert "<|end_header_id|>\n\n" in template
