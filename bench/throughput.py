@@ -17,6 +17,7 @@ import csv
 import json
 import multiprocessing as mp
 import os
+import queue as queue_module
 import random
 import re
 import resource
@@ -110,7 +111,13 @@ def main():
     proc = mp.get_context("spawn").Process(target=naive, args=(model_path, texts[:args.naive_rows or n], labels,
                                                                args.naive_max_tokens, queue))
     proc.start()
-    naive_rps, naive_invalid, naive_rss, naive_generated = queue.get()
+    while True:         # the naive loop's process may die (a model llama-cpp-python cannot load): say so
+        try:
+            naive_rps, naive_invalid, naive_rss, naive_generated = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"the naive loop's process ended with code {proc.exitcode} (its error is above)")
     proc.join()
 
     pe_tps = prompt_eval_tokens_per_s(model_path)      # before the engine loads the model: one copy at a time
