@@ -2,7 +2,7 @@
 
 Issue 3 asks for the production model's speed on a GPU machine, which cannot download it. Speed
 depends on the shape and the quantization, not on the values, so this writes random Q4_K blocks
-(their scales held small, so activations stay finite) in the Llama-3-8B shape, with the tokenizer
+(zero-mean weights of a trained model's spread, so activations stay finite) in the Llama-3-8B shape, with the tokenizer
 and chat template of a donor GGUF. The donor may be a tokenizer-only file this script writes: a few
 MB, small enough to carry to such a machine. llama.cpp's own vocabulary files (its models/ folder,
 ggml-vocab-llama-bpe.gguf is Llama-3's) carry no chat template: --chat-template llama-3 adds one.
@@ -25,7 +25,12 @@ SHAPES = {      # llama.cpp's hyperparameters of the architecture 'llama'
     "tiny": dict(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_ctx=2048, rope_base=10000.0),
 }
 Q4_K_BLOCK = (256, 144)      # values, bytes: f16 d, f16 dmin, 12 bytes of scales, 128 of 4-bit values
-SCALE = np.float16(1e-4)     # d and dmin: weights of about 0.02, as trained ones
+# Every sub-block gets scale 2 and min 15 (6-bit fields packed as ggml's get_scale_min_k4 reads them),
+# so a weight is d * (2q - 15) for a random q in 0..15: zero mean, and with d = dmin = 2e-3 a spread
+# of 0.018, as trained weights have. Weights of nonzero mean make activations grow past f16's range,
+# which CUDA's kernels use: every logit came out NaN on an H200.
+D = np.float16(2e-3)
+SCALES = np.array([2] * 4 + [15] * 4 + [2 | 15 << 4] * 4, dtype=np.uint8)
 CHAT_TEMPLATES = {           # what instruction-tuned GGUFs of these families carry
     "llama-3": "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + "
                "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
@@ -63,7 +68,8 @@ def write_tokenizer(donor: Path, out: Path, chat_template: str | None = None) ->
 def random_q4_k(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
     values, size = Q4_K_BLOCK
     blocks = rng.integers(0, 256, size=(rows * cols // values, size), dtype=np.uint8)
-    blocks[:, 0:4] = np.array([SCALE, SCALE], dtype=np.float16).view(np.uint8)
+    blocks[:, 0:4] = np.array([D, D], dtype=np.float16).view(np.uint8)
+    blocks[:, 4:16] = SCALES
     return blocks.reshape(rows, cols // values * size)
 
 

@@ -31,15 +31,16 @@ def load_llama(path, fmt: Format | None) -> Runtime:
     with _loaded_lock:
         if key not in _loaded:
             _loaded[key] = LlamaRuntime(path, fmt,
-                                        n_ctx=_env_int("DUCKLLM_CONTEXT", 4096),
-                                        n_parallel=_env_int("DUCKLLM_PARALLEL", 64),
+                                        # unset: the runtime's defaults for its device
+                                        n_ctx=_env_int("DUCKLLM_CONTEXT", None, like=4096),
+                                        n_parallel=_env_int("DUCKLLM_PARALLEL", None, like=64),
                                         # several workers on one machine split its cores (duckllm.distributed)
                                         n_threads=_env_int("DUCKLLM_THREADS", 0, lowest=0) or None,
                                         batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)))
         return _loaded[key]
 
 
-def _env_int(name: str, default: int, lowest: int = 1) -> int:
+def _env_int(name: str, default: int | None, lowest: int = 1, like: int | None = None) -> int | None:
     """A whole-number setting from the environment; a typo is an error that names it."""
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -50,7 +51,7 @@ def _env_int(name: str, default: int, lowest: int = 1) -> int:
         value = lowest - 1
     if value < lowest:
         raise ModelError(f"{name}={raw!r} is not a whole number from {lowest}; set it like "
-                         f"{name}={default}, or unset it for the default")
+                         f"{name}={default if like is None else like}, or unset it for the default")
     return value
 
 

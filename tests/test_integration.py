@@ -79,6 +79,16 @@ def test_constrained_decoding_agrees_with_free_decoding_when_that_lands_on_a_lab
         assert c.token_logprobs == pytest.approx(f.token_logprobs, abs=1e-3)
 
 
+def test_sizes_default_by_device(small_model_path):
+    """Context, batch and rows in flight come from the device's defaults (a GPU's are larger)."""
+    from duckllm.runtime.llama import DEFAULTS
+    runtime = LlamaRuntime(small_model_path)
+    expected = DEFAULTS[runtime.describe()["device"]]
+    assert (runtime.n_ctx, runtime.n_batch, runtime.n_parallel) == (expected["n_ctx"], expected["n_batch"],
+                                                                     expected["n_parallel"])
+    runtime.close()
+
+
 def test_switching_prompts_reuses_only_the_shared_start_of_the_prefix(small_model_path):
     def answers(runtime, labels, options=None):
         task = classify.build(labels, options)
