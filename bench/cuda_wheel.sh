@@ -30,7 +30,7 @@ tar xzf src/llama_cpp_python-$version.tar.gz
 PATH=$work/venv/bin:$cuda/bin:$PATH CUDACXX=$cuda/bin/nvcc CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$arch-real -DGGML_CUDA_NO_VMM=ON -DLLAVA_BUILD=OFF \
   -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DCUDAToolkit_ROOT=$cuda" \
-    venv/bin/pip wheel -q --no-build-isolation --no-deps -w built "llama_cpp_python-$version"
+    venv/bin/pip wheel -q --no-build-isolation --no-deps -w built "./llama_cpp_python-$version"
 
 # The wheel holds each library four times (symbolic links become copies): keep one, by soname.
 unzip -q built/*.whl -d unpacked

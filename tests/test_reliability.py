@@ -47,10 +47,12 @@ def stats(con) -> dict:
 
 
 def python(script: str, *args, home, **env) -> subprocess.Popen:
-    """A Python program as a user writes one, run in a child process on the given duckllm home."""
+    """A Python program as a user writes one, run in a child process on the given duckllm home;
+    Ctrl-C reaches it as from a terminal even where the tests run with SIGINT ignored (in the background)."""
     return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, DUCKLLM_HOME=str(home), DUCKLLM_PROGRESS="0", **env))
+                            env=dict(os.environ, DUCKLLM_HOME=str(home), DUCKLLM_PROGRESS="0", **env),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def cached_rows(path) -> int:

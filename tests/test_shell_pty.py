@@ -2,6 +2,7 @@
 statements, history, and Ctrl-C cancelling a running query while the shell and the rows already
 answered stay."""
 import os
+import signal
 import sys
 import time
 
@@ -22,7 +23,9 @@ def spawn(home, confirm_seconds="1e9"):
     env = dict(os.environ, DUCKLLM_HOME=str(home), DUCKLLM_PROGRESS="0", TERM="dumb",
                DUCKLLM_CONFIRM_SECONDS=confirm_seconds)
     shell = pexpect.spawn(sys.executable, ["-m", "duckllm.cli", "shell", "--model", SMALL_MODEL], env=env,
-                          encoding="utf-8", timeout=120, dimensions=(50, 250))
+                          encoding="utf-8", timeout=120, dimensions=(50, 250),
+                          # Ctrl-C as from a terminal, even where the tests run with SIGINT ignored
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     shell.expect_exact("duckllm shell")
     shell.expect_exact(PROMPT)
     return shell

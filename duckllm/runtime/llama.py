@@ -37,8 +37,8 @@ MAX_SEQS = 256            # llama.cpp's limit
 # kernels and its answer does not depend, to the last bit, on what is decoded beside it.
 CPU_MIN_BATCH = 8
 # Defaults by device. A GPU decodes 2,048 tokens in one batch little slower than 512, and 256 rows
-# in flight (room for them in 8,192 cells) keep its batches full: measured on an H200, 317 rows/s
-# against 249 with the CPU's defaults (README, GPU).
+# in flight (room for them in 8,192 cells) keep its batches full: on an H200, 294-296 rows/s against
+# 270-273 with the CPU's sizes (README, GPU).
 DEFAULTS = {"cpu": dict(n_ctx=4096, n_batch=512, n_parallel=64),
             "gpu": dict(n_ctx=8192, n_batch=2048, n_parallel=256)}
 GGML_TYPE_BF16 = 30       # ggml.h; llama-cpp-python 0.3.36 does not export it
