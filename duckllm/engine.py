@@ -34,6 +34,7 @@ def load_llama(path, fmt: Format | None) -> Runtime:
                                         # unset: the runtime's defaults for its device
                                         n_ctx=_env_int("DUCKLLM_CONTEXT", None, like=4096),
                                         n_parallel=_env_int("DUCKLLM_PARALLEL", None, like=64),
+                                        n_batch=_env_int("DUCKLLM_BATCH", None, like=512),
                                         # several workers on one machine split its cores (duckllm.distributed)
                                         n_threads=_env_int("DUCKLLM_THREADS", 0, lowest=0) or None,
                                         batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)))

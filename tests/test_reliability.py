@@ -380,16 +380,27 @@ def test_a_model_too_large_for_memory_is_a_clear_error(small_model_path, home, t
                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
     assert run.returncode == 1, run.stderr
     assert run.stderr.strip() == ("Error: llama.cpp could not create a context of 2000000 tokens for huge.gguf; "
-                                  "set DUCKLLM_CONTEXT lower or free memory")
+                                  "set DUCKLLM_CONTEXT or DUCKLLM_BATCH lower, or free memory")
 
 
 @pytest.mark.parametrize("name, value", [("DUCKLLM_CONTEXT", "4k"), ("DUCKLLM_CONTEXT", "0"),
                                          ("DUCKLLM_PARALLEL", "-1"), ("DUCKLLM_THREADS", "two"),
-                                         ("DUCKLLM_BATCH_INVARIANT", "no")])
+                                         ("DUCKLLM_BATCH", "2k"), ("DUCKLLM_BATCH_INVARIANT", "no")])
 def test_a_mistyped_setting_is_an_error_naming_it(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ModelError, match=f"{name}='{value}' is not a whole number from [01]; set it like {name}="):
         engine_module.load_llama("never-loaded.gguf", None)
+
+
+@integration
+def test_settings_size_the_runtime(monkeypatch, small_model_path):
+    """DUCKLLM_CONTEXT, DUCKLLM_BATCH and DUCKLLM_PARALLEL replace the device's defaults."""
+    monkeypatch.setattr(engine_module, "_loaded", {})        # a runtime of its own, not the shared one
+    for name, value in (("DUCKLLM_CONTEXT", "1024"), ("DUCKLLM_BATCH", "64"), ("DUCKLLM_PARALLEL", "3")):
+        monkeypatch.setenv(name, value)
+    runtime = engine_module.load_llama(small_model_path, None)
+    assert (runtime.n_ctx, runtime.n_batch, runtime.n_parallel) == (1024, 64, 3)
+    runtime.close()
 
 
 # ---- concurrency ---------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ class LlamaRuntime:
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path.name}; "
-                             f"set DUCKLLM_CONTEXT lower or free memory")
+                             f"set DUCKLLM_CONTEXT or DUCKLLM_BATCH lower, or free memory")
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
