@@ -26,15 +26,16 @@ _loaded_lock = threading.Lock()
 
 def load_llama(path, fmt: Format | None) -> Runtime:
     """The process's one runtime for a model file: loaded on first use, then shared."""
-    from .runtime.llama import LlamaRuntime
+    from .runtime.llama import DEFAULTS, LlamaRuntime
     key = (str(path), fmt)
+    like = DEFAULTS["cpu"]        # what an error shows as a valid value
     with _loaded_lock:
         if key not in _loaded:
             _loaded[key] = LlamaRuntime(path, fmt,
                                         # unset: the runtime's defaults for its device
-                                        n_ctx=_env_int("DUCKLLM_CONTEXT", None, like=4096),
-                                        n_parallel=_env_int("DUCKLLM_PARALLEL", None, like=64),
-                                        n_batch=_env_int("DUCKLLM_BATCH", None, like=512),
+                                        n_ctx=_env_int("DUCKLLM_CONTEXT", None, like=like["n_ctx"]),
+                                        n_parallel=_env_int("DUCKLLM_PARALLEL", None, like=like["n_parallel"]),
+                                        n_batch=_env_int("DUCKLLM_BATCH", None, like=like["n_batch"]),
                                         # several workers on one machine split its cores (duckllm.distributed)
                                         n_threads=_env_int("DUCKLLM_THREADS", 0, lowest=0) or None,
                                         batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)))

@@ -37,15 +37,18 @@ def test_bench_without_a_suite_says_what_to_pass(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "pass --suite DIR" in result.output
 
 
+def random_gguf(*args):
+    script = Path(__file__).parents[1] / "bench" / "random_gguf.py"
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+
+
 def test_random_gguf_of_a_real_shape_loads_and_answers_through_sql(small_model_path, tmp_path):
     """bench/random_gguf.py: the production model's shape without its weights (issue 3, on a GPU)."""
-    script = Path(__file__).parents[1] / "bench" / "random_gguf.py"
     tokenizer, model = tmp_path / "tokenizer.gguf", tmp_path / "tiny.gguf"
-    run = lambda *args: subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
-    done = run("--donor", str(small_model_path), "--tokenizer-only", str(tokenizer))
+    done = random_gguf("--donor", small_model_path, "--tokenizer-only", tokenizer)
     assert done.returncode == 0, done.stderr
     assert tokenizer.stat().st_size < 4e6            # small enough to carry where nothing downloads
-    done = run("--donor", str(tokenizer), "--shape", "tiny", "--out", str(model))
+    done = random_gguf("--donor", tokenizer, "--shape", "tiny", "--out", model)
     assert done.returncode == 0, done.stderr
     import duckllm
     from duckllm import sql
@@ -60,10 +63,8 @@ def test_random_gguf_gives_a_template_less_donor_the_llama_3_chat_template(small
     """llama.cpp's vocabulary files carry no chat template; the tokenizer-only file can get Llama-3's."""
     import gguf
     from duckllm.prompt_format import detect
-    script = Path(__file__).parents[1] / "bench" / "random_gguf.py"
     tokenizer = tmp_path / "tokenizer.gguf"
-    done = subprocess.run([sys.executable, str(script), "--donor", str(small_model_path), "--tokenizer-only",
-                           str(tokenizer), "--chat-template", "llama-3"], capture_output=True, text=True)
+    done = random_gguf("--donor", small_model_path, "--tokenizer-only", tokenizer, "--chat-template", "llama-3")
     assert done.returncode == 0, done.stderr
     template = gguf.GGUFReader(str(tokenizer)).fields["tokenizer.chat_template"].contents()
     assert detect(template).name == "llama3"
