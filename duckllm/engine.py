@@ -175,7 +175,7 @@ class Engine:
             plan.prompt_tokens += tokens
             if rate:
                 plan.tokens_per_s, plan.speed_source = rate
-                plan.prefix_tokens = len(runtime.tokenize(prompt.shared, special=True))
+                plan.prefix_tokens = len(runtime.tokenize_prompt(prompt.shared))
         return [None] * len(texts)
 
     def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None) -> list[dict | None]:
@@ -242,7 +242,7 @@ class Engine:
         if task.row_turns:    # each row opens its own user turn after turns of its own
             fmt = runtime.format
             prompt = Prompt(fmt.render(list(task.messages)), prompt.tail)
-            prefixes = [fmt.render(task.row_turns(t)) + fmt.user_open for t in texts]
+            prefixes = [fmt.open_turn(task.row_turns(t)) for t in texts]
         started = time.perf_counter()
         try:
             runtime.run(prompt, [task.render(t) for t in texts], lambda i, n: task.program(texts[i], n),

@@ -10,9 +10,34 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Text:
+    """Prompt text in pieces: the template's markup, whose special tokens are read as control
+    tokens, and content (instructions, labels, examples), read as plain text whatever markers
+    it holds, so an example quoting '<|im_end|>' cannot close its turn."""
+    pieces: tuple[tuple[str, bool], ...] = ()     # (text, is markup), neighbours of one kind joined
+
+    @staticmethod
+    def markup(text: str) -> Text:
+        return Text(((text, True),) if text else ())
+
+    @staticmethod
+    def content(text: str) -> Text:
+        return Text(((text, False),) if text else ())
+
+    def __add__(self, other: Text) -> Text:
+        if self.pieces and other.pieces and self.pieces[-1][1] == other.pieces[0][1]:
+            joined = (self.pieces[-1][0] + other.pieces[0][0], other.pieces[0][1])
+            return Text(self.pieces[:-1] + (joined,) + other.pieces[1:])
+        return Text(self.pieces + other.pieces)
+
+    def __str__(self) -> str:
+        return "".join(text for text, _ in self.pieces)
+
+
+@dataclass(frozen=True)
 class Prompt:
-    shared: str   # identical for every row: system message, examples, start of the user turn
-    tail: str     # after each row's text: end of the user turn, start of the answer
+    shared: Text  # identical for every row: system message, examples, start of the user turn
+    tail: str     # markup after each row's text: end of the user turn, start of the answer
 
 
 @dataclass(frozen=True)
@@ -23,13 +48,21 @@ class Format:
     assistant: str    # wraps an assistant message (few-shot answers)
     end: str          # the token that closes an answer
 
-    def render(self, messages: list[tuple[str, str]]) -> str:
+    def render(self, messages: list[tuple[str, str]]) -> Text:
         wrappers = {"system": self.system, "user": self.user, "assistant": self.assistant}
-        return "".join(wrappers[role].replace("{}", content) for role, content in messages)
+        text = Text()
+        for role, content in messages:
+            before, after = wrappers[role].split("{}")
+            text = text + Text.markup(before) + Text.content(content) + Text.markup(after)
+        return text
+
+    def open_turn(self, messages: list[tuple[str, str]]) -> Text:
+        """The messages, then the start of the user turn that holds a row's text."""
+        return self.render(messages) + Text.markup(self.user_open)
 
     def split(self, messages: list[tuple[str, str]]) -> Prompt:
         """The prompt around one row's text, which is the last user message."""
-        return Prompt(self.render(messages) + self.user_open, self.user_close + self.assistant.split("{}")[0])
+        return Prompt(self.open_turn(messages), self.user_close + self.assistant.split("{}")[0])
 
     @property
     def user_open(self) -> str:

@@ -65,5 +65,9 @@ class FakeRuntime:
         return text.split()
 
     @staticmethod
+    def tokenize_prompt(text, add_bos=False):
+        return str(text).split()
+
+    @staticmethod
     def prompt_speed():
         return 100.0

@@ -65,7 +65,7 @@ def test_counts_rows_distinct_and_cached_without_running_the_model(planned):
     # the fake tokenizer splits at spaces: 3 a text and 2 in ChatML's tail after it, and the
     # shared prompt (instructions, labels) once
     shared = FORMATS["chatml"].split(list(classify.build(["refund", "delivery"]).messages)).shared
-    assert e.prompt_tokens == 10 * (3 + 2) + len(shared.split())
+    assert e.prompt_tokens == 10 * (3 + 2) + len(str(shared).split())
     assert e.seconds == pytest.approx(e.prompt_tokens / (100.0 * speed.COLD_SHARE))
 
     con.execute("SELECT r.label FROM (" + QUERY + ") WHERE id < 20").fetchall()    # 10 texts answered

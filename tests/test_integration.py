@@ -102,9 +102,9 @@ def test_switching_prompts_reuses_only_the_shared_start_of_the_prefix(small_mode
 
 
 def test_a_prefix_that_is_the_start_of_the_one_held_needs_nothing_evaluated(runtimes):
-    from duckllm.prompt_format import Prompt
+    from duckllm.prompt_format import Prompt, Text
     runtime = runtimes[1]
-    ask = lambda shared: runtime.choose(Prompt(shared, "\nAnswer: "), ["is the sky blue?"], ["yes", "no"])[0]
+    ask = lambda shared: runtime.choose(Prompt(Text.content(shared), "\nAnswer: "), ["is the sky blue?"], ["yes", "no"])[0]
     longer = ask("Question one two three: ")
     assert ask("Question one two") is not None            # nothing new to evaluate for the prefix
     assert ask("Question one two three: ").token_logprobs == longer.token_logprobs

@@ -183,6 +183,21 @@ def test_injected_instructions_and_chat_markers_stay_text(small_con):
     assert len(runtime.tokenize(marker, special=True)) == 1 < len(runtime.tokenize(marker))
 
 
+@integration
+def test_chat_markers_in_instructions_labels_and_examples_stay_text(small_con):
+    """Only the chat template's own markers are control tokens in the shared prompt."""
+    runtime = duckllm.sql.default_engine().runtime(SMALL_MODEL)
+    fmt = runtime.format
+    [end] = runtime.tokenize("<|im_end|>", special=True)
+    plain = fmt.split([("system", "Sort tickets.\n\nLabels:\n- refund\n- delivery"), ("user", "my parcel"),
+                       ("assistant", "delivery")]).shared
+    assert runtime.tokenize_prompt(plain) == runtime.tokenize(str(plain), special=True)   # as read before
+    quoting = fmt.split([("system", "Labels: <|im_end|>"), ("user", "it said <|im_end|>"),
+                         ("assistant", "refund")]).shared
+    assert runtime.tokenize_prompt(quoting).count(end) == 3       # the system, user and assistant turns'
+    assert runtime.tokenize(str(quoting), special=True).count(end) == 5
+
+
 def test_non_text_values_are_read_as_their_text(fake_con, fake_runtime):
     rows = fake_con.execute("""SELECT llm_classify(42, ['a']).label, llm_clean(DATE '2024-01-02').value,
         llm_extract(3.5, {'x': 'DOUBLE'}).x, llm_enrich(['a', 'b'], 'Why?').value,

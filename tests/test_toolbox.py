@@ -158,7 +158,7 @@ def test_nearest_examples_are_chat_turns_of_each_row(monkeypatch, fake_runtime):
     fake_runtime.run = lambda *a, row_prefixes=None, **kw: seen.append(row_prefixes) or FakeRuntime.run(
         fake_runtime, *a, **kw)
     Engine("fake", load=lambda p, f: fake_runtime).run(task, ["tick", "zzz"])
-    assert seen == [["<|im_start|>user\ntac<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n<|im_start|>user\n",
+    assert [[str(p) for p in prefixes] for prefixes in seen] == [["<|im_start|>user\ntac<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n<|im_start|>user\n",
                      "<|im_start|>user\nxyz<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>user\n"]]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Protocol, Sequence, Union
 
-from ..prompt_format import Format, Prompt
+from ..prompt_format import Format, Prompt, Text
 
 KINDS = ("text", "integer", "number", "span")
 
@@ -83,11 +83,11 @@ class Runtime(Protocol):
 
     def run(self, prompt: Prompt, texts: Sequence[str], program: Callable[[int, int], Program],
             answer_tokens: Callable[[int], int], on_done: Callable[[int, Answer], None] | None = None,
-            row_prefixes: Sequence[str] | None = None) -> list[Answer]:
+            row_prefixes: Sequence[Text] | None = None) -> list[Answer]:
         """Answer each text: program(i, n_text_tokens) is row i's answer program;
         answer_tokens(n_text_tokens) bounds its length (the KV cells reserved for it).
-        row_prefixes[i], when given, is trusted prompt text (chat turns, special tokens read as
-        such) between the shared prefix and row i's text; the text itself never is."""
+        row_prefixes[i], when given, is prompt text (chat turns of its own) between the shared
+        prefix and row i's text. Only markup is read as control tokens, never a row's text."""
         ...
 
     def describe(self) -> dict: ...

@@ -25,8 +25,8 @@ import numpy as np
 from .. import cancel
 from ..errors import ArgumentError, ModelError
 from ..prompt_format import Format, detect
-from . import (Answer, Choice, Generation, Pick, Program, Prompt, Say, Usage, Write, answer_bound,
-               single)
+from . import (Answer, Choice, Generation, Pick, Program, Prompt, Say, Text, Usage, Write,
+               answer_bound, single)
 
 PREFIX_SEQ = 0
 MAX_SEQS = 256            # llama.cpp's limit
@@ -240,6 +240,13 @@ class LlamaRuntime:
             n = self._c.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
         return list(buf[:n])
 
+    def tokenize_prompt(self, text: Text, *, add_bos: bool = False) -> list[int]:
+        """Markup with its control tokens, content as plain text (prompt_format.Text)."""
+        tokens = [self._c.llama_vocab_bos(self._vocab)] if add_bos else []
+        for piece, markup in text.pieces:
+            tokens += self.tokenize(piece, special=markup)
+        return tokens
+
     def detokenize(self, tokens: Sequence[int]) -> str:
         out = bytearray()
         buf = ctypes.create_string_buffer(256)
@@ -282,7 +289,7 @@ class LlamaRuntime:
 
     def run(self, prompt: Prompt, texts: Sequence[str], program: Callable[[int, int], Program],
             answer_tokens: Callable[[int], int], on_done: Callable[[int, Answer], None] | None = None,
-            row_prefixes: Sequence[str] | None = None) -> list[Answer]:
+            row_prefixes: Sequence[Text] | None = None) -> list[Answer]:
         with self._lock:
             return self._run(prompt, texts, program, answer_tokens, on_done, row_prefixes)
 
@@ -308,7 +315,7 @@ class LlamaRuntime:
         A finished row's cells are freed only when every row of its epoch has finished: llama.cpp
         fills the lowest free cells first, and a row whose later tokens went into cells before its
         earlier ones would be attended in another order, and round differently, than alone."""
-        shared = self.tokenize(prompt.shared, add_bos=self._add_bos(), special=True)
+        shared = self.tokenize_prompt(prompt.shared, add_bos=self._add_bos())
         tail = self.tokenize(prompt.tail, special=True)
         if len(shared) + len(tail) >= self.n_ctx:     # said before llama.cpp fails on it
             raise ArgumentError(f"the instructions, labels and examples take {len(shared) + len(tail)} "
@@ -326,7 +333,7 @@ class LlamaRuntime:
         head = None                 # the next row's fitted prompt, kept while it waits for cells
 
         def fitted(i):
-            own = self.tokenize(row_prefixes[i], special=True) if row_prefixes else []
+            own = self.tokenize_prompt(row_prefixes[i]) if row_prefixes else []
             tokens, n_text, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_tokens,
                                                          room - len(own))
             return i, own + tokens, n_text, limit, truncated
