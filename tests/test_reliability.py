@@ -246,6 +246,21 @@ def test_a_100000_character_text_is_answered_on_its_beginning(small_context_con)
             assert "text truncated to fit the model's context" in result["note"], function
 
 
+@integration
+def test_a_pair_too_long_for_the_context_keeps_the_start_of_both_records(small_context_runtime, small_context_con):
+    from duckllm.runtime.llama import _shares
+    from duckllm.tasks import match
+    long, short = "My parcel is late. " * 2000, "Parcel 42, shipped Monday"
+    text = match.render(match.pair(long, short))
+    parts = [small_context_runtime.tokenize(p) for p in text.parts]
+    tokens, n, _, truncated = small_context_runtime._fit(parts, [], lambda n: 4, 300)
+    assert truncated and n == 296
+    assert small_context_runtime.detokenize(tokens).endswith("\nRecord B: " + short)   # used to be cut away
+    r = small_context_con.execute("SELECT llm_match(?, ?)", [long, short]).fetchone()[0]
+    assert r["match"] in (True, False) and "truncated" in r["note"]
+    assert _shares([10, 500, 3], 100) == [10, 87, 3] and _shares([400, 500], 101) == [51, 50]
+
+
 TOO_LONG = r"take \d+ tokens, more than the model's context of 512; shorten them .* or set DUCKLLM_CONTEXT higher"
 TOO_LONG_FOR = [   # (call, what the error says)
     ("llm_classify('x', ['a', 'b'], instructions := repeat('Read carefully. ', 200))", TOO_LONG),

@@ -60,6 +60,17 @@ class Generation:
     ended: bool = False            # the answer ended with this value
 
 
+class Parts(str):
+    """A row's text in parts (the records of a pair): too long for the context, each part keeps
+    its start and the longest lose the most, instead of the last parts going first."""
+    parts: tuple[str, ...]
+
+    def __new__(cls, *parts: str):
+        text = super().__new__(cls, "".join(parts))
+        text.parts = parts
+        return text
+
+
 @dataclass
 class Answer:
     value: Any                     # what the row's program returned

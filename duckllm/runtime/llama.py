@@ -334,8 +334,8 @@ class LlamaRuntime:
 
         def fitted(i):
             own = self.tokenize_prompt(row_prefixes[i]) if row_prefixes else []
-            tokens, n_text, limit, truncated = self._fit(self.tokenize(texts[i]), tail, answer_tokens,
-                                                         room - len(own))
+            parts = [self.tokenize(part) for part in getattr(texts[i], "parts", (texts[i],))]
+            tokens, n_text, limit, truncated = self._fit(parts, tail, answer_tokens, room - len(own))
             return i, own + tokens, n_text, limit, truncated
         try:
             while pending or feeds:
@@ -429,12 +429,13 @@ class LlamaRuntime:
             if logits is None:
                 raise ModelError("an answer program decided before anything was fed (a bug in duckllm)")
 
-    def _fit(self, text_tokens, tail, answer_tokens, room):
-        """Cut a row's text so text + tail + its answer's bound fit the room left after the prefix."""
+    def _fit(self, parts: list[list[int]], tail, answer_tokens, room):
+        """Cut a row's text (its parts' tokens) so text + tail + its answer's bound fit the room
+        left after the prefix: the longest cut that fits, taken from the longest parts."""
         avail = room - len(tail)
-        n = len(text_tokens)
+        n = total = sum(len(p) for p in parts)
         if n + answer_tokens(n) > avail:
-            lo, hi = 0, n               # the longest cut that fits
+            lo, hi = 0, n
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if mid + answer_tokens(mid) <= avail else (lo, mid - 1)
@@ -444,7 +445,8 @@ class LlamaRuntime:
                                 f"{self.n_ctx} context tokens and the answer up to {answer_tokens(1)} more, "
                                 f"leaving no room for the text; shorten them, ask for a shorter answer "
                                 f"(max_tokens, max_entities) or set DUCKLLM_CONTEXT higher")
-        return text_tokens[:n] + tail, n, answer_tokens(n), n < len(text_tokens)
+        kept = [p[:k] for p, k in zip(parts, _shares([len(p) for p in parts], n))]
+        return [t for p in kept for t in p] + tail, n, answer_tokens(n), n < total
 
     def _add_bos(self) -> bool:
         return bool(self._c.llama_vocab_get_add_bos(self._vocab))
@@ -512,6 +514,19 @@ class LlamaRuntime:
             for i in wanted:
                 logits = np.ctypeslib.as_array(self._c.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,))
                 observe(next(owners), logits)
+
+
+def _shares(lengths: list[int], n: int) -> list[int]:
+    """How many of each part's tokens to keep, n in all: every part up to one cap, the longest cut
+    to it (the first of them keep one more where n is not reached evenly)."""
+    if sum(lengths) <= n:
+        return list(lengths)
+    cap = max(c for c in range(n + 1) if sum(min(length, c) for length in lengths) <= n)
+    shares = [min(length, cap) for length in lengths]
+    for i, length in enumerate(lengths):
+        if sum(shares) < n and length > cap:
+            shares[i] += 1
+    return shares
 
 
 def _logsumexp(x: np.ndarray) -> float:

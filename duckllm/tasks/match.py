@@ -5,11 +5,11 @@ import json
 
 from ..confidence import choice_prob
 from ..errors import ArgumentError
-from ..runtime import Pick, single
+from ..runtime import Parts, Pick, single
 from . import TRUNCATED, Task, canonical, examples, instructed
 
 FUNCTION = "llm_match"
-VERSION = 3
+VERSION = 4     # 4: a pair too long for the context is cut from both records, not only the second
 OPTIONS = {"instructions", "model", "examples"}
 ANSWERS = ("Yes", "No")   # as chat models write them: lower case pulled answers away (bench)
 # Confidence is P(the answer | Yes or No): the probability of the one answer token over the
@@ -25,9 +25,9 @@ def pair(a: str, b: str) -> str:
     return json.dumps([a, b], ensure_ascii=False)
 
 
-def render(text: str) -> str:
+def render(text: str) -> Parts:
     a, b = json.loads(text)
-    return f"Record A: {a}\nRecord B: {b}"
+    return Parts(f"Record A: {a}", f"\nRecord B: {b}")
 
 
 def from_sql(args: dict) -> Task:
