@@ -93,8 +93,8 @@ def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
 
 def explain(con: duckdb.DuckDBPyConnection, query: str, engine=None) -> list[CallEstimate]:
     """One estimate per llm_* call of the query (the calls of every statement in it)."""
-    from .sql import default_engine
-    engine = engine or default_engine()
+    from .sql import engine_of
+    engine = engine or engine_of(con)
     names = _scalar_llm_functions(con)
     try:
         trees = [t for t in sqlglot.parse(query, read=DIALECT) if t is not None]

@@ -6,6 +6,7 @@ task per group, and hands the group's texts to the engine in one call. Knows not
 from __future__ import annotations
 
 import json
+import weakref
 
 import duckdb
 import pyarrow as pa
@@ -81,6 +82,7 @@ FUNCTIONS = {
 
 
 _process_engine: Engine | None = None
+_engines: weakref.WeakValueDictionary[str, Engine] = weakref.WeakValueDictionary()   # by __duckllm_engine()
 
 
 def default_engine() -> Engine:
@@ -89,6 +91,16 @@ def default_engine() -> Engine:
     if _process_engine is None:
         _process_engine = Engine()
     return _process_engine
+
+
+def engine_of(con: duckdb.DuckDBPyConnection) -> Engine:
+    """The engine that answers this connection's calls: its database's UDFs hold the engine of
+    the first register(), whatever connection or cursor registers later."""
+    try:
+        key = con.execute("SELECT __duckllm_engine()").fetchone()[0]
+    except duckdb.Error:      # duckllm is not registered here
+        return default_engine()
+    return _engines.get(key) or default_engine()
 
 
 def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: Engine | None = None):
@@ -109,6 +121,10 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: E
         # null_handling: a NULL schema is an error that says so, not a silently NULL column
         con.create_function("__duckllm_extract_structure", extract.json_structure, ["VARCHAR"], "VARCHAR",
                             null_handling="special", side_effects=False)
+    if "__duckllm_engine" not in existing:
+        key = str(id(engine))
+        _engines[key] = engine
+        con.create_function("__duckllm_engine", lambda: key, [], "VARCHAR", side_effects=False)
     if "__duckllm_stats" not in existing:
         con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
     con.execute("SET VARIABLE duckllm_model = ?", [model])

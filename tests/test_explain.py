@@ -73,6 +73,16 @@ def test_counts_rows_distinct_and_cached_without_running_the_model(planned):
     assert (again.cached, again.to_compute, again.prompt_tokens, again.seconds) == (10, 0, 0, 0)
 
 
+def test_plans_on_the_engine_that_answers_the_connection(planned):
+    """Not the process's default engine: its probes would have run the connection's model."""
+    con, engine, runtime = planned
+    for c in (con, duckllm.register(con.cursor(), model="fake")):   # its UDFs are the database's first
+        assert duckllm.sql.engine_of(c) is engine
+        [e] = explain.explain(c, QUERY)
+        assert (e.model, e.distinct, runtime.calls) == ("fake", 10, [])
+    assert duckllm.sql.engine_of(duckdb.connect()) is duckllm.sql.default_engine()
+
+
 def test_estimates_use_the_speed_earlier_runs_reached(planned):
     con, engine, _ = planned
     speed.record("fake-sha", "llm_classify", prompt_tokens=1000, seconds=4)
