@@ -42,6 +42,7 @@ CPU_MIN_BATCH = 8
 DEFAULTS = {"cpu": dict(n_ctx=4096, n_batch=512, n_parallel=64),
             "gpu": dict(n_ctx=8192, n_batch=2048, n_parallel=256)}
 GGML_TYPE_BF16 = 30       # ggml.h; llama-cpp-python 0.3.36 does not export it
+CONTROL_ATTRS = 1 << 0 | 1 << 3   # LLAMA_TOKEN_ATTR_UNKNOWN | _CONTROL: what only special=True reads
 SPAN_CANDIDATES = 64      # a span's next token is the likeliest of this many that stays in the source
 _KIND_CHARS = {           # what integer and number values may be written with ('null', 'n/a' too)
     "integer": set(" 0123456789-+,nul/a"),
@@ -241,17 +242,26 @@ class LlamaRuntime:
         return list(buf[:n])
 
     def tokenize_prompt(self, text: Text, *, add_bos: bool = False) -> list[int]:
-        """Markup with its control tokens, content as plain text (prompt_format.Text)."""
+        """As tokenize(str(text), special=True), but only markup may hold control tokens
+        (prompt_format.Text): the text between them, markup's and content's alike, is tokenized
+        as one plain fragment, as llama.cpp tokenizes the text between control tokens."""
         tokens = [self._c.llama_vocab_bos(self._vocab)] if add_bos else []
+        plain = ""
         for piece, markup in text.pieces:
-            tokens += self.tokenize(piece, special=markup)
-        return tokens
+            for token in self.tokenize(piece, special=True) if markup else ():
+                if self._c.llama_vocab_get_attr(self._vocab, token) & CONTROL_ATTRS:
+                    before, _, piece = piece.partition(self.detokenize([token], special=True))
+                    tokens += self.tokenize(plain + before) + [token]
+                    plain = ""
+            plain += piece
+        return tokens + self.tokenize(plain)
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        """The tokens' text; special: control tokens as their text (else empty)."""
         out = bytearray()
         buf = ctypes.create_string_buffer(256)
         for token in tokens:
-            n = self._c.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            n = self._c.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             out += buf.raw[:max(n, 0)]
         return out.decode("utf-8", errors="replace")
 
