@@ -252,8 +252,7 @@ def test_a_pair_too_long_for_the_context_keeps_the_start_of_both_records(small_c
     from duckllm.tasks import match
     long, short = "My parcel is late. " * 2000, "Parcel 42, shipped Monday"
     text = match.render(match.pair(long, short))
-    parts = [small_context_runtime.tokenize(p) for p in text.parts]
-    tokens, n, _, truncated = small_context_runtime._fit(parts, [], lambda n: 4, 300)
+    tokens, n, _, truncated = small_context_runtime._fit(text, [], lambda n: 4, 300)
     assert truncated and n == 296
     assert small_context_runtime.detokenize(tokens).endswith("\nRecord B: " + short)   # used to be cut away
     r = small_context_con.execute("SELECT llm_match(?, ?)", [long, short]).fetchone()[0]

@@ -344,8 +344,7 @@ class LlamaRuntime:
 
         def fitted(i):
             own = self.tokenize_prompt(row_prefixes[i]) if row_prefixes else []
-            parts = [self.tokenize(part) for part in getattr(texts[i], "parts", (texts[i],))]
-            tokens, n_text, limit, truncated = self._fit(parts, tail, answer_tokens, room - len(own))
+            tokens, n_text, limit, truncated = self._fit(texts[i], tail, answer_tokens, room - len(own))
             return i, own + tokens, n_text, limit, truncated
         try:
             while pending or feeds:
@@ -439,12 +438,15 @@ class LlamaRuntime:
             if logits is None:
                 raise ModelError("an answer program decided before anything was fed (a bug in duckllm)")
 
-    def _fit(self, parts: list[list[int]], tail, answer_tokens, room):
-        """Cut a row's text (its parts' tokens) so text + tail + its answer's bound fit the room
-        left after the prefix: the longest cut that fits, taken from the longest parts."""
+    def _fit(self, text: str, tail, answer_tokens, room):
+        """A row's tokens, its text cut so text + tail + its answer's bound fit the room left after
+        the prefix: the longest cut that fits, taken from its longest parts (runtime.Parts)."""
         avail = room - len(tail)
-        n = total = sum(len(p) for p in parts)
+        parts = [self.tokenize(text)]
+        n = total = len(parts[0])
         if n + answer_tokens(n) > avail:
+            parts = [self.tokenize(part) for part in getattr(text, "parts", (text,))]   # cut apart
+            n = total = sum(len(p) for p in parts)
             lo, hi = 0, n
             while lo < hi:
                 mid = (lo + hi + 1) // 2
