@@ -4,9 +4,12 @@ For each model and dataset: a fixed-seed sample of rows goes through llm_classif
 we report accuracy, invalid answers, confidence AUROC for both confidence methods, and rows/s.
 --baseline adds the same model asked in free text with a plain chat prompt (one chat completion
 per row, reply matched to a label), as a tool without constrained decoding would do.
+--laduck adds laduck's llm_classify (the DuckDB extension embedding llama.cpp, hamidr/laduck,
+src/functions/llm_classify.cpp): the raw text alone, no instructions and no label list, one
+forward pass in a fresh context per row, and the softmax over each label's first-token logit.
 
     python bench/classify_quality.py --models smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b \
-        --datasets sms_spam,ag_news,banking77 --limit 100 --baseline
+        --datasets sms_spam,ag_news,banking77 --limit 100 --baseline --laduck
 
 Reads the suite at run time (--suite, default ../shared/data); copies none of its rows.
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 import duckllm
 from duckllm import store, suite
 from duckllm.confidence import auroc
-from duckllm.suite import DESCRIPTIONS, SEED
+from duckllm.suite import DESCRIPTIONS, SEED, labels_of
 from duckllm.tasks import listing
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -35,9 +38,9 @@ def sample(suite: Path, name: str, limit: int):
     manifest = json.loads((suite / "datasets.json").read_text())[name]
     with open(suite / manifest["file"], newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    labels = (suite / manifest["labels_file"]).read_text().splitlines()
+    labels = labels_of(suite, manifest)
     rows = random.Random(SEED).sample(rows, min(limit, len(rows)))
-    return [r["text"] for r in rows], [r["label"] for r in rows], [l for l in labels if l]
+    return [r["text"] for r in rows], [r["label"] for r in rows], labels
 
 
 def run_duckllm(model: str, texts, labels, descriptions):
@@ -73,6 +76,48 @@ def run_free_text(model: str, texts, labels, descriptions):
     return predictions, confidences, time.perf_counter() - start
 
 
+def run_first_token(model: str, texts, labels):
+    """laduck's method, as its C++ does it, on llama-cpp-python's C API (threads and weight
+    layout as duckllm's, so the methods are compared, not settings)."""
+    import llama_cpp as c
+    import numpy as np
+    from duckllm.runtime.llama import _quiet_llama_logs, physical_cores
+    _quiet_llama_logs(c)
+    c.llama_backend_init()
+    mparams = c.llama_model_default_params()
+    mparams.use_extra_bufts = False
+    llama = c.llama_model_load_from_file(str(store.resolve(model)).encode(), mparams)
+    vocab = c.llama_model_get_vocab(llama)
+
+    def tokenize(text: str, special: bool) -> list[int]:
+        data = text.encode()
+        buf = (c.llama_token * (len(data) + 32))()
+        return list(buf[:max(0, c.llama_tokenize(vocab, data, len(data), buf, len(buf), special, special))])
+    first = [tokenize(label, False)[0] for label in labels]
+    predictions, confidences = [], []
+    start = time.perf_counter()
+    for text in texts:
+        tokens = tokenize(text, True)
+        cparams = c.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch = len(tokens) + 1, len(tokens)
+        cparams.n_threads = cparams.n_threads_batch = physical_cores()
+        ctx = c.llama_init_from_model(llama, cparams)
+        array = (c.llama_token * len(tokens))(*tokens)     # kept alive: the batch only points at it
+        if c.llama_decode(ctx, c.llama_batch_get_one(array, len(tokens))) != 0:
+            raise SystemExit(f"laduck's method: llama_decode failed on {text!r}")
+        logits = np.ctypeslib.as_array(c.llama_get_logits_ith(ctx, len(tokens) - 1),
+                                       shape=(c.llama_vocab_n_tokens(vocab),))
+        scores = logits[first].astype(np.float64)
+        probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+        best = int(np.argmax(probs))          # the first of tied labels, as laduck's strict '>'
+        predictions.append(labels[best])
+        confidences.append(float(probs[best]))
+        c.llama_free(ctx)
+    seconds = time.perf_counter() - start
+    c.llama_model_free(llama)
+    return predictions, confidences, seconds
+
+
 def _norm(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
 
@@ -84,6 +129,7 @@ def main():
     ap.add_argument("--datasets", default="sms_spam,ag_news,banking77")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--baseline", action="store_true", help="also ask in free text (slow)")
+    ap.add_argument("--laduck", action="store_true", help="also laduck's method: first-token softmax over the raw text")
     ap.add_argument("--json", type=Path, help="write the rows of the table here too")
     args = ap.parse_args()
     os.environ["DUCKLLM_CACHE"] = "off"   # measure the model, not the result cache
@@ -109,6 +155,12 @@ def main():
                 right = [p == g for p, g in zip(pred, gold)]
                 table.append((model, name, "free text", len(texts), sum(right) / len(texts),
                               sum(p is None for p in pred), auroc(conf, right), None, len(texts) / secs))
+                print(_fmt(table[-1]), file=sys.stderr, flush=True)
+            if args.laduck:
+                pred, conf, secs = run_first_token(model, texts, labels)
+                right = [p == g for p, g in zip(pred, gold)]
+                table.append((model, name, "laduck", len(texts), sum(right) / len(texts), 0,
+                              auroc(conf, right), None, len(texts) / secs))
                 print(_fmt(table[-1]), file=sys.stderr, flush=True)
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

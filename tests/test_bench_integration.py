@@ -37,6 +37,17 @@ def test_bench_without_a_suite_says_what_to_pass(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "pass --suite DIR" in result.output
 
 
+def test_classify_quality_runs_laducks_method_beside_duckllms(small_model_path):
+    """bench/classify_quality.py --laduck: the closest peer's method on the same rows."""
+    script = Path(__file__).parents[1] / "bench" / "classify_quality.py"
+    done = subprocess.run([sys.executable, str(script), "--suite", str(SUITE), "--models", SMALL_MODEL,
+                           "--datasets", "tickets", "--limit", "4", "--laduck"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(f"| {SMALL_MODEL}")]
+    assert [(r[2], r[3]) for r in rows] == [("duckllm", "4"), ("laduck", "4")]
+    assert all(0 <= float(r[4]) <= 1 for r in rows)           # accuracy
+
+
 def random_gguf(*args):
     script = Path(__file__).parents[1] / "bench" / "random_gguf.py"
     return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
