@@ -42,7 +42,6 @@ CPU_MIN_BATCH = 8
 DEFAULTS = {"cpu": dict(n_ctx=4096, n_batch=512, n_parallel=64),
             "gpu": dict(n_ctx=8192, n_batch=2048, n_parallel=256)}
 GGML_TYPE_BF16 = 30       # ggml.h; llama-cpp-python 0.3.36 does not export it
-CONTROL_ATTRS = 1 << 0 | 1 << 3   # LLAMA_TOKEN_ATTR_UNKNOWN | _CONTROL: what only special=True reads
 SPAN_CANDIDATES = 64      # a span's next token is the likeliest of this many that stays in the source
 _KIND_CHARS = {           # what integer and number values may be written with ('null', 'n/a' too)
     "integer": set(" 0123456789-+,nul/a"),
@@ -245,11 +244,12 @@ class LlamaRuntime:
         """As tokenize(str(text), special=True), but only markup may hold control tokens
         (prompt_format.Text): the text between them, markup's and content's alike, is tokenized
         as one plain fragment, as llama.cpp tokenizes the text between control tokens."""
+        control = self._c.LLAMA_TOKEN_ATTR_CONTROL | self._c.LLAMA_TOKEN_ATTR_UNKNOWN   # only special=True reads these
         tokens = [self._c.llama_vocab_bos(self._vocab)] if add_bos else []
         plain = ""
         for piece, markup in text.pieces:
             for token in self.tokenize(piece, special=True) if markup else ():
-                if self._c.llama_vocab_get_attr(self._vocab, token) & CONTROL_ATTRS:
+                if self._c.llama_vocab_get_attr(self._vocab, token) & control:
                     before, _, piece = piece.partition(self.detokenize([token], special=True))
                     tokens += self.tokenize(plain + before) + [token]
                     plain = ""
