@@ -235,7 +235,7 @@ def test_copy_to_parquet_on_several_threads_does_not_crash(small_con, tmp_path):
     small_con.execute("CREATE TABLE many AS SELECT 'ticket ' || (i % 40) || ': my card is lost' AS text FROM range(3000) r(i)")
     out = tmp_path / "labels.parquet"
     small_con.execute(f"COPY (SELECT text, llm_classify(text, {LABELS}) AS r FROM many) TO '{out}'")
-    n, labels = duckdb.execute(f"SELECT count(*), count(DISTINCT r.label) FROM '{out}'").fetchone()
+    [(n, labels)] = small_con.execute(f"SELECT count(*), count(DISTINCT r.label) FROM '{out}'").fetchall()
     assert n == 3000 and labels >= 1
 
 
