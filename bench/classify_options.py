@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import duckllm
-import duckllm.cache
-from duckllm import suite
+import duckllm.engine.cache
+from duckllm.evaluation import suite
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -98,7 +98,7 @@ def main():
         # the macro itself, cold, with a result cache of its own (its THEN branch reads the
         # small model's answers from it): same answers as composed above, and its real speed
         below = thresholds[1]
-        duckllm.cache.default_path = lambda: Path(tempfile.mkdtemp()) / "cache.sqlite"
+        duckllm.engine.cache.default_path = lambda: Path(tempfile.mkdtemp()) / "cache.sqlite"
         con.execute("SET VARIABLE duckllm_cache = true")
         start = time.perf_counter()
         got = [g[0] for g in con.execute(

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 import duckllm
-from duckllm import store, suite
+from duckllm import store
 from duckllm.confidence import auroc
-from duckllm.suite import DESCRIPTIONS, SEED, labels_of
+from duckllm.evaluation import suite
+from duckllm.evaluation.suite import DESCRIPTIONS, SEED, labels_of
 from duckllm.tasks import listing
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -81,6 +82,7 @@ def run_first_token(model: str, texts, labels):
     layout as duckllm's, so the methods are compared, not settings)."""
     import llama_cpp as c
     import numpy as np
+
     from duckllm.runtime.llama import _quiet_llama_logs, physical_cores
     _quiet_llama_logs(c)
     c.llama_backend_init()

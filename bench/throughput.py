@@ -47,6 +47,7 @@ def naive(model_path: str, texts, labels, max_tokens: int, queue):
     """What a user without duckllm writes: one chat completion per row (every layer on the GPU when
     there is one), reply matched to a label."""
     from llama_cpp import Llama
+
     from duckllm.tasks import classify
     system = classify.build(labels).messages[0][1]
     llm = Llama(model_path=model_path, n_ctx=4096, n_threads=_threads(), n_gpu_layers=-1, verbose=False)
@@ -96,11 +97,11 @@ def main():
     os.environ.setdefault("DUCKLLM_PROGRESS", "0")
     os.environ["DUCKLLM_CACHE"] = "on"
     tmp = tempfile.mkdtemp(prefix="duckllm-bench-")
-    from duckllm import cache
+    from duckllm.engine import cache
     cache.default_path = lambda: Path(tmp) / "cache.sqlite"  # cold: a cache of its own
     import duckllm
     from duckllm import store
-    from duckllm.stats import STATS
+    from duckllm.engine.stats import STATS
 
     texts, labels = load_rows(args.suite, args.dataset)
     n = args.rows

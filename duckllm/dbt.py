@@ -31,9 +31,9 @@ except ImportError as error:   # ModuleNotFoundError included
     raise ImportError("duckllm.dbt is a dbt-duckdb plugin and needs dbt-core and dbt-duckdb: "
                       "pip install 'duckllm[dbt]'") from error
 
-from .errors import ArgumentError
-from .home import package_data
-from .sql import register
+from duckllm.errors import ArgumentError
+from duckllm.home import package_data
+from duckllm.sql import register
 
 OPTIONS = {"model", "cache"}
 

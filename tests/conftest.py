@@ -1,11 +1,10 @@
 import pytest
+from fakes import FakeRuntime
 
 import duckllm
-from duckllm import cache, sql
-from duckllm.engine import Engine
-from duckllm.stats import STATS
-
-from fakes import FakeRuntime
+from duckllm import sql
+from duckllm.engine import Engine, cache
+from duckllm.engine.stats import STATS
 
 SMALL_MODEL = "smollm2-135m"
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from fakes import FakeRuntime
 
 import duckllm
-from duckllm.cache import ResultCache
 from duckllm.engine import Engine
-
-from fakes import FakeRuntime
+from duckllm.engine.cache import ResultCache
 
 CLASSIFY = "llm_classify(text, ['refund', 'delivery', 'card'])"
 TICKET_LABELS = "llm_classify(text, ['refund', 'delivery', 'account', 'card_lost'])"

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from duckllm import report, suite
 from duckllm.engine import Engine
 from duckllm.errors import ArgumentError
-from duckllm.suite import Scored
+from duckllm.evaluation import report, suite
+from duckllm.evaluation.suite import Scored
 
 SUITE = Path(__file__).parent / "fixtures" / "suite"
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from duckllm.cli import main
-
 from conftest import SMALL_MODEL
+
+from duckllm.cli.commands import main
 
 pytestmark = pytest.mark.integration
 SUITE = Path(__file__).parent / "fixtures" / "suite"
@@ -32,7 +31,7 @@ def test_bench_writes_the_table_files_and_plots(small_model_path, tmp_path):
 
 def test_bench_without_a_suite_says_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("duckllm.suite.default_suite", lambda: None)
+    monkeypatch.setattr("duckllm.evaluation.suite.default_suite", lambda: None)
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code != 0 and "pass --suite DIR" in result.output
 
@@ -73,6 +72,7 @@ def test_random_gguf_of_a_real_shape_loads_and_answers_through_sql(small_model_p
 def test_random_gguf_gives_a_template_less_donor_the_llama_3_chat_template(small_model_path, tmp_path):
     """llama.cpp's vocabulary files carry no chat template; the tokenizer-only file can get Llama-3's."""
     import gguf
+
     from duckllm.prompt_format import detect
     tokenizer = tmp_path / "tokenizer.gguf"
     done = random_gguf("--donor", small_model_path, "--tokenizer-only", tokenizer, "--chat-template", "llama-3")

@@ -7,15 +7,14 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-
-from duckllm import cache as cache_module
-from duckllm.cache import ResultCache
-from duckllm.cli import main
-from duckllm.engine import Engine
-from duckllm.progress import Progress
-from duckllm.tasks import classify
-
 from fakes import FakeRuntime
+
+from duckllm.cli.commands import main
+from duckllm.engine import Engine
+from duckllm.engine import cache as cache_module
+from duckllm.engine.cache import ResultCache
+from duckllm.engine.progress import Progress
+from duckllm.tasks import classify
 
 TEN = "SELECT llm_classify(t, ['refund', 'delivery']) FROM (SELECT 'ticket ' || (i % 10) AS t FROM range(100) r(i))"
 
@@ -87,7 +86,7 @@ def test_an_unwritable_cache_is_a_warning_and_the_query_still_answers(tmp_path, 
 
 WRITER = """
 import sys
-from duckllm.cache import ResultCache
+from duckllm.engine.cache import ResultCache
 c = ResultCache(sys.argv[1])
 for i in range(300):
     c.put_many('llm_classify', [(f'{sys.argv[2]}-{i}', {'label': 'a', 'n': i})])

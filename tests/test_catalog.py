@@ -1,8 +1,8 @@
 import pytest
 
-from duckllm import catalog
 from duckllm.errors import ModelError
 from duckllm.prompt_format import FORMATS
+from duckllm.store import catalog
 
 
 def test_every_catalog_entry_is_complete():

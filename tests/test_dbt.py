@@ -15,15 +15,14 @@ import pytest
 pytest.importorskip("dbt.adapters.duckdb", reason="dbt-duckdb is not installed: pip install 'duckllm[dbt]'")
 
 import jinja2  # noqa: E402  (dbt brings it)
+from conftest import SMALL_MODEL  # noqa: E402
 from dbt.adapters.duckdb.plugins import BasePlugin  # noqa: E402
 
 import duckllm.dbt  # noqa: E402
 from duckllm import sql  # noqa: E402
-from duckllm.cache import ResultCache  # noqa: E402
 from duckllm.engine import Engine  # noqa: E402
+from duckllm.engine.cache import ResultCache  # noqa: E402
 from duckllm.errors import ArgumentError  # noqa: E402
-
-from conftest import SMALL_MODEL  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "dbt_project"

@@ -4,14 +4,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import SMALL_MODEL
+from distributed_helpers import (  # noqa: F401
+    CLASSIFY,
+    TICKET_LABELS,
+    engine_factory,
+    inputs,
+    model,
+    read_parts,  # inputs, model: fixtures
+    single_process,
+)
 
 from duckllm import distributed
-from duckllm.cli import main
+from duckllm.cli.commands import main
 from duckllm.errors import ArgumentError
-
-from conftest import SMALL_MODEL
-from distributed_helpers import (CLASSIFY, TICKET_LABELS, engine_factory, inputs, model,  # noqa: F401
-                                 read_parts, single_process)   # inputs, model: fixtures
 
 
 def run(sql, out, model, folder, **options):

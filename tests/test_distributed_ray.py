@@ -9,12 +9,19 @@ from click.testing import CliRunner
 
 ray = pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install -e '.[ray]'")
 
-from duckllm import distributed  # noqa: E402
-from duckllm.cli import main  # noqa: E402
-
 from conftest import SMALL_MODEL  # noqa: E402
-from distributed_helpers import (CLASSIFY, TICKET_LABELS, engine_factory, inputs, model,  # noqa: E402,F401
-                                 read_parts, single_process)   # inputs, model: fixtures
+from distributed_helpers import (  # noqa: E402,F401
+    CLASSIFY,
+    TICKET_LABELS,
+    engine_factory,
+    inputs,
+    model,
+    read_parts,  # inputs, model: fixtures
+    single_process,
+)
+
+from duckllm import distributed  # noqa: E402
+from duckllm.cli.commands import main  # noqa: E402
 
 pytestmark = pytest.mark.integration   # starts a Ray cluster: a minute of setup, not a unit test
 TESTS = Path(__file__).resolve().parent

@@ -5,8 +5,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from duckllm import embed, store
+from duckllm import store
 from duckllm.errors import ModelError
+from duckllm.runtime import embed
 
 pytestmark = pytest.mark.integration
 

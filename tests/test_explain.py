@@ -6,14 +6,15 @@ import click
 import duckdb
 import pytest
 import sqlglot
+from fakes import FakeRuntime
 
 import duckllm
-from duckllm import cache, cli, explain, output, speed
-from duckllm.engine import Engine
+from duckllm.cli import commands as cli
+from duckllm.cli import output
+from duckllm.engine import Engine, cache, speed
 from duckllm.prompt_format import FORMATS
+from duckllm.sql import explain
 from duckllm.tasks import classify
-
-from fakes import FakeRuntime
 
 NAMES = {"llm_classify", "llm_match", "llm_clean"}
 

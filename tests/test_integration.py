@@ -6,15 +6,14 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
+from conftest import SMALL_MODEL
 
 import duckllm
-from duckllm.cli import main
+from duckllm.cli.commands import main
 from duckllm.confidence import mean_token_prob
 from duckllm.prompt_format import FORMATS
 from duckllm.runtime.llama import LlamaRuntime
 from duckllm.tasks import classify
-
-from conftest import SMALL_MODEL
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -23,18 +23,17 @@ import time
 
 import duckdb
 import pytest
-
-import duckllm
-from duckllm import cache, cancel, engine as engine_module
-from duckllm.cache import ResultCache
-from duckllm.engine import Engine
-from duckllm.errors import ModelError
-from duckllm.prompt_format import FORMATS
-from duckllm.stats import STATS
-from duckllm.tasks import classify
-
 from conftest import SMALL_MODEL
 from fakes import FakeRuntime
+
+import duckllm
+from duckllm import engine as engine_module
+from duckllm.engine import Engine, cache, cancel
+from duckllm.engine.cache import ResultCache
+from duckllm.engine.stats import STATS
+from duckllm.errors import ModelError
+from duckllm.prompt_format import FORMATS
+from duckllm.tasks import classify
 
 LABELS = ["refund", "delivery", "account"]
 TYPES = ["PER", "ORG", "LOC", "MISC"]

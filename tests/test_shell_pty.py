@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import SMALL_MODEL
 from test_interrupt import cached_rows
 

@@ -4,9 +4,10 @@ import zipfile
 
 import pytest
 
-from duckllm import catalog, home, store
-from duckllm.catalog import ModelSpec
+from duckllm import home, store
 from duckllm.errors import ModelError
+from duckllm.store import catalog
+from duckllm.store.catalog import ModelSpec
 
 PARTS = [b"GGUF" + b"a" * 1000, b"b" * 700, b"c" * 300]
 WHOLE = b"".join(PARTS)

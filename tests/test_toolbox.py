@@ -4,11 +4,11 @@ import math
 
 import duckdb
 import pytest
+from fakes import FakeRuntime
 
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Answer, Choice, Generation, Say, Write
 from duckllm.tasks import classify, classify_multi, entities, extract
-from fakes import FakeRuntime
 
 
 def one(con, sql):
@@ -149,7 +149,7 @@ class SharedLetters:
 
 def test_nearest_examples_are_chat_turns_of_each_row(monkeypatch, fake_runtime):
     from duckllm.engine import Engine
-    monkeypatch.setattr("duckllm.embed.default_embedder", lambda: SharedLetters())
+    monkeypatch.setattr("duckllm.runtime.embed.default_embedder", lambda: SharedLetters())
     shots = [{"input": "xyz", "output": "b"}, {"input": "tac", "output": "a"}, {"input": "tic", "output": "a"}]
     task = classify.build(["a", "b"], {"examples": shots, "nearest": 1})
     assert task.messages == task.messages[:1]                    # no example in the shared prompt
@@ -163,7 +163,7 @@ def test_nearest_examples_are_chat_turns_of_each_row(monkeypatch, fake_runtime):
 
 
 def test_preselected_labels_are_listed_with_each_row(monkeypatch):
-    monkeypatch.setattr("duckllm.embed.default_embedder", lambda: SharedLetters())
+    monkeypatch.setattr("duckllm.runtime.embed.default_embedder", lambda: SharedLetters())
     task = classify.build(["cat", "dog", "emu"], {"preselect": 2})
     assert "- cat" not in task.messages[0][1]
     assert task.render("tic") == "Labels:\n- cat\n\nText: tic"
@@ -172,10 +172,10 @@ def test_preselected_labels_are_listed_with_each_row(monkeypatch):
 
 
 def test_label_sets_above_the_threshold_are_preselected_by_default(monkeypatch):
-    monkeypatch.setattr("duckllm.embed.default_embedder", lambda: pytest.fail("no embedding below the threshold"))
+    monkeypatch.setattr("duckllm.runtime.embed.default_embedder", lambda: pytest.fail("no embedding below the threshold"))
     classify.build([f"l{i}" for i in range(classify.PRESELECT_ABOVE)])
     with pytest.raises(ArgumentError):   # above it, the (absent) embedder is asked for
-        monkeypatch.setattr("duckllm.embed.default_embedder", lambda: (_ for _ in ()).throw(ArgumentError("asked")))
+        monkeypatch.setattr("duckllm.runtime.embed.default_embedder", lambda: (_ for _ in ()).throw(ArgumentError("asked")))
         classify.build([f"l{i}" for i in range(classify.PRESELECT_ABOVE + 1)])
 
 
@@ -187,8 +187,8 @@ def two_model_con(monkeypatch, tmp_path):
     from fakes import FakeRuntime
 
     import duckllm
-    from duckllm import cache, store
-    from duckllm.engine import Engine
+    from duckllm import store
+    from duckllm.engine import Engine, cache
     monkeypatch.setattr(store, "resolve", lambda name=None, **kw: tmp_path / f"{name}.gguf")
     monkeypatch.setattr(store, "identity", lambda path: str(path))
     runtimes = {}

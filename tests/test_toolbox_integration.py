@@ -6,13 +6,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from test_toolbox import BAD_ARGUMENTS
 
+from duckllm.engine.stats import STATS
 from duckllm.prompt_format import FORMATS
 from duckllm.runtime import Pick, Say, Write
 from duckllm.runtime.llama import LlamaRuntime
-from duckllm.stats import STATS
-
-from test_toolbox import BAD_ARGUMENTS
 
 pytestmark = pytest.mark.integration
 PRODUCTS = Path(__file__).parent / "fixtures" / "products.csv"
@@ -173,7 +172,7 @@ def test_nearest_examples_and_preselected_labels_by_embedding(small_con):
     for with_examples, preselected in rows:
         assert with_examples["label"] in labels and preselected["label"] in labels
     # the two labels most similar to each text: the answer is one of them
-    from duckllm.embed import default_embedder
+    from duckllm.runtime.embed import default_embedder
     embedder = default_embedder()
     top = embedder.nearest(embedder.encode([l.replace("_", " ") for l in labels]),
                            ["my card has not arrived", "reset my password please"], 2)

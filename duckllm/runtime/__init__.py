@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Protocol, Sequence, Union
 
-from ..prompt_format import Format, Prompt, Text
+from duckllm.prompt_format import Format, Prompt, Text
 
 KINDS = ("text", "integer", "number", "span")
 

@@ -22,11 +22,23 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .. import cancel
-from ..errors import ArgumentError, ModelError
-from ..prompt_format import Format, detect
-from . import (Answer, Choice, Generation, Pick, Program, Prompt, Say, Text, Usage, Write,
-               answer_bound, single)
+from duckllm.engine import cancel
+from duckllm.errors import ArgumentError, ModelError
+from duckllm.prompt_format import Format, detect
+from duckllm.runtime import (
+    Answer,
+    Choice,
+    Generation,
+    Pick,
+    Program,
+    Prompt,
+    Say,
+    Text,
+    Usage,
+    Write,
+    answer_bound,
+    single,
+)
 
 PREFIX_SEQ = 0
 MAX_SEQS = 256            # llama.cpp's limit

@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import ArgumentError
-from ..runtime import Answer, Program
+from duckllm.errors import ArgumentError
+from duckllm.runtime import Answer, Program
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,18 @@
 """llm_classify: one label out of a fixed set, with the model's confidence in it."""
 from __future__ import annotations
 
-from ..confidence import choice_prob, mean_token_prob
-from ..errors import ArgumentError
-from ..runtime import Pick, answer_bound
-from . import TRUNCATED, Task, canonical, examples, listing, parse_options, whole_number
+from duckllm.confidence import choice_prob, mean_token_prob
+from duckllm.errors import ArgumentError
+from duckllm.runtime import Pick, answer_bound
+from duckllm.tasks import (
+    TRUNCATED,
+    Task,
+    canonical,
+    examples,
+    listing,
+    parse_options,
+    whole_number,
+)
 
 FUNCTION = "llm_classify"
 VERSION = 2

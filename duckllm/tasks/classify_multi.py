@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ArgumentError
-from ..runtime import Pick, Say, answer_bound
-from . import Task, canonical, listing, parse_options
-from .classify import validate_descriptions, validate_labels
+from duckllm.errors import ArgumentError
+from duckllm.runtime import Pick, Say, answer_bound
+from duckllm.tasks import Task, canonical, listing, parse_options
+from duckllm.tasks.classify import validate_descriptions, validate_labels
 
 FUNCTION = "llm_classify_multi"
 VERSION = 1

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-from ..confidence import mean_token_prob
-from ..runtime import Write, single
-from . import TRUNCATED, Task, canonical, examples, instructed, notes
+from duckllm.confidence import mean_token_prob
+from duckllm.runtime import Write, single
+from duckllm.tasks import TRUNCATED, Task, canonical, examples, instructed, notes
 
 FUNCTION = "llm_clean"
 VERSION = 1

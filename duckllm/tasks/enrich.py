@@ -1,10 +1,18 @@
 """llm_enrich: a short free answer to a question about each text."""
 from __future__ import annotations
 
-from ..confidence import mean_token_prob
-from ..errors import ArgumentError
-from ..runtime import Write, single
-from . import TRUNCATED, Task, canonical, examples, notes, parse_options, whole_number
+from duckllm.confidence import mean_token_prob
+from duckllm.errors import ArgumentError
+from duckllm.runtime import Write, single
+from duckllm.tasks import (
+    TRUNCATED,
+    Task,
+    canonical,
+    examples,
+    notes,
+    parse_options,
+    whole_number,
+)
 
 FUNCTION = "llm_enrich"
 VERSION = 1

@@ -5,10 +5,10 @@ the answer ends), the text is decoded as a span that must occur in the row's tex
 """
 from __future__ import annotations
 
-from ..confidence import mean_token_prob
-from ..runtime import Pick, Write, answer_bound
-from . import Task, canonical, listing, parse_options, whole_number
-from .classify import validate_descriptions, validate_labels
+from duckllm.confidence import mean_token_prob
+from duckllm.runtime import Pick, Write, answer_bound
+from duckllm.tasks import Task, canonical, listing, parse_options, whole_number
+from duckllm.tasks.classify import validate_descriptions, validate_labels
 
 FUNCTION = "llm_entities"
 VERSION = 2

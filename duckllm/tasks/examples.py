@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import ArgumentError
+from duckllm.errors import ArgumentError
 
 SHAPE = "a list of STRUCTs such as [{'input': 'refund me', 'output': 'refund'}]"
 
@@ -49,7 +49,7 @@ class Nearest:
     REMEMBER = 10_000
 
     def __init__(self, items: list[str], k: int):
-        from ..embed import default_embedder
+        from duckllm.runtime.embed import default_embedder
         self.embedder, self.k = default_embedder(), k
         self.vectors = self.embedder.encode(items)
         self.memo: dict[str, list[int]] = {}

@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from ..confidence import mean_token_prob
-from ..errors import ArgumentError
-from ..runtime import Pick, Say, Write, answer_bound
-from . import TRUNCATED, Task, canonical, instructed, notes
+from duckllm.confidence import mean_token_prob
+from duckllm.errors import ArgumentError
+from duckllm.runtime import Pick, Say, Write, answer_bound
+from duckllm.tasks import TRUNCATED, Task, canonical, instructed, notes
 
 FUNCTION = "llm_extract"
 VERSION = 2

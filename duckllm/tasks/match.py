@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from ..confidence import choice_prob
-from ..errors import ArgumentError
-from ..runtime import Parts, Pick, single
-from . import TRUNCATED, Task, canonical, examples, instructed
+from duckllm.confidence import choice_prob
+from duckllm.errors import ArgumentError
+from duckllm.runtime import Parts, Pick, single
+from duckllm.tasks import TRUNCATED, Task, canonical, examples, instructed
 
 FUNCTION = "llm_match"
 VERSION = 4     # 4: a pair too long for the context is cut from both records, not only the second

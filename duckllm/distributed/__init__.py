@@ -32,9 +32,10 @@ import duckdb
 import sqlglot
 from sqlglot import exp
 
-from . import catalog, store
-from .errors import ArgumentError, DuckLLMError
-from .explain import FROM, WITH
+from duckllm import store
+from duckllm.errors import ArgumentError, DuckLLMError
+from duckllm.sql.explain import FROM, WITH
+from duckllm.store import catalog
 
 READERS = {"read_parquet": "parquet", "parquet_scan": "parquet", "read_csv": "csv", "read_csv_auto": "csv",
            "read_json": "json", "read_json_auto": "json", "read_ndjson": "json", "read_ndjson_auto": "json"}
@@ -270,7 +271,7 @@ def plan(sql: str, output: str | Path = "DIR", model: str | None = None,
     if rows_per_shard < 1:
         raise ArgumentError(f"rows_per_shard must be at least 1, not {rows_per_shard}")
     query = parse(sql, str(output))
-    from .sql import register
+    from duckllm.sql import register
     con = register(duckdb.connect(), model=model)   # binds the llm_* macros; loads no model
     files = _expand(con, query.paths)
     reader = _reader(_with_files(query.sql, files)).sql("duckdb")
@@ -341,9 +342,9 @@ class _Worker:
                  engine_factory: Callable[[], object] | None):
         if threads:
             os.environ["DUCKLLM_THREADS"] = str(threads)
-        from .cache import ResultCache
-        from .engine import Engine
-        from .sql import register
+        from duckllm.engine import Engine
+        from duckllm.engine.cache import ResultCache
+        from duckllm.sql import register
         if engine_factory is not None:
             engine = engine_factory()
         else:
@@ -370,7 +371,7 @@ class _Worker:
                   f"(README, GPU)", file=sys.stderr)
 
     def _counters(self) -> dict:
-        from .stats import STATS
+        from duckllm.engine.stats import STATS
         return STATS.snapshot()
 
 

@@ -20,7 +20,7 @@ import signal
 import threading
 import weakref
 
-from .errors import DuckLLMError
+from duckllm.errors import DuckLLMError
 
 REQUESTED = threading.Event()
 _busy = 0

@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import DuckLLMError
-from .home import home
+from duckllm.errors import DuckLLMError
+from duckllm.home import home
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS results (
     key TEXT PRIMARY KEY,

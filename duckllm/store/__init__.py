@@ -15,10 +15,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from . import catalog
-from .catalog import ModelSpec
-from .errors import ModelError
-from .home import home
+from duckllm.errors import ModelError
+from duckllm.home import home
+from duckllm.store import catalog
+from duckllm.store.catalog import ModelSpec
 
 GGUF_MAGIC = b"GGUF"
 

@@ -20,9 +20,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .confidence import auroc, mean_token_prob
-from .errors import ArgumentError
-from .tasks import classify, classify_multi, clean, enrich, entities, extract, listing, match
+from duckllm.confidence import auroc, mean_token_prob
+from duckllm.errors import ArgumentError
+from duckllm.tasks import (
+    classify,
+    classify_multi,
+    clean,
+    enrich,
+    entities,
+    extract,
+    listing,
+    match,
+)
 
 SEED = 20261124
 # Bare labels mean little to a small model; a user would describe them the same way.

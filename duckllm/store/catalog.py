@@ -1,12 +1,13 @@
 """The catalog of known models, read from models/*.toml. No model names live in code."""
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 
-from .errors import ModelError
-from .home import package_data
+import tomllib
+
+from duckllm.errors import ModelError
+from duckllm.home import package_data
 
 DEFAULT_MODEL = "qwen2.5-coder-1.5b"  # chosen by measurement: see README, "Choosing the default model"
 

@@ -11,14 +11,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import cancel, catalog, speed, store
-from .cache import ResultCache, key_of
-from .errors import ModelError
-from .progress import Progress
-from .prompt_format import FORMATS, Format, Prompt
-from .runtime import Runtime
-from .stats import STATS
-from .tasks import Task
+from duckllm import store
+from duckllm.engine import cancel, speed
+from duckllm.engine.cache import ResultCache, key_of
+from duckllm.engine.progress import Progress
+from duckllm.engine.stats import STATS
+from duckllm.errors import ModelError
+from duckllm.prompt_format import FORMATS, Format, Prompt
+from duckllm.runtime import Runtime
+from duckllm.store import catalog
+from duckllm.tasks import Task
 
 _loaded: dict[tuple, Runtime] = {}
 _loaded_lock = threading.Lock()
@@ -26,7 +28,7 @@ _loaded_lock = threading.Lock()
 
 def load_llama(path, fmt: Format | None) -> Runtime:
     """The process's one runtime for a model file: loaded on first use, then shared."""
-    from .runtime.llama import DEFAULTS, LlamaRuntime
+    from duckllm.runtime.llama import DEFAULTS, LlamaRuntime
     key = (str(path), fmt)
     like = DEFAULTS["cpu"]        # what an error shows as a valid value
     with _loaded_lock:

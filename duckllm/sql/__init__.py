@@ -11,11 +11,18 @@ import weakref
 import duckdb
 import pyarrow as pa
 
-from . import cancel
-from .engine import Engine
-from .home import package_data
-from .stats import FIELDS, STATS
-from .tasks import classify, classify_multi, clean, enrich, entities, extract, match
+from duckllm.engine import Engine, cancel
+from duckllm.engine.stats import FIELDS, STATS
+from duckllm.home import package_data
+from duckllm.tasks import (
+    classify,
+    classify_multi,
+    clean,
+    enrich,
+    entities,
+    extract,
+    match,
+)
 
 CONFIDENCE = ("confidence", pa.float64())
 NOTE = ("note", pa.string())

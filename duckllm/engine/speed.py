@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 
-from .home import home
+from duckllm.home import home
 
 COLD_SHARE = 0.6        # row-prompt tokens/s of a cold duckllm run / raw prompt-eval tokens/s
 MIN_TOKENS = 256        # calls smaller than this are mostly the shared prefix: not recorded

@@ -11,12 +11,15 @@ import click
 import duckdb
 import sqlglot
 
-from . import cancel, catalog, output, store
-from .errors import DuckLLMError
+from duckllm import store
+from duckllm.cli import output
+from duckllm.engine import cancel
+from duckllm.errors import DuckLLMError
+from duckllm.store import catalog
 
 
 def _connect(db: str | None, model: str | None):
-    from .sql import connect
+    from duckllm.sql import connect
     con = connect(db or ":memory:", model=model)
     # DuckDB's progress bar writes to stdout even when it is piped; duckllm's goes to stderr
     con.execute("SET enable_progress_bar = false")
@@ -44,7 +47,7 @@ def ask_when_long(con, threshold: float | None = None):
     """A confirm hook for run_statements: when a statement's llm_* calls are estimated to take
     longer than threshold seconds (DUCKLLM_CONFIRM_SECONDS, default 60), show the estimate and
     ask before running it."""
-    from . import explain
+    from duckllm.sql import explain
     threshold = float(os.environ.get("DUCKLLM_CONFIRM_SECONDS", 60)) if threshold is None else threshold
 
     def confirm(query: str) -> bool:
@@ -130,7 +133,7 @@ def sql(query, file, db, model, mode, yes):
 def explain_command(query, file, db, model):
     """Estimate what a query asks of the model before running it: per llm_* call, the rows,
     distinct inputs, cached answers, prompt tokens and time on this machine."""
-    from .explain import explain, render
+    from duckllm.sql.explain import explain, render
     text = _query_text(query, file)
     with _errors():
         click.echo(render(explain(_connect(db, model), text)))
@@ -147,7 +150,7 @@ def _query_text(query, file) -> str:
 @MODEL
 def shell(db, model):
     """Interactive SQL prompt with duckllm's functions loaded."""
-    from .shell import Shell
+    from duckllm.cli.shell import Shell
     with _errors():
         con = _connect(db, model)
         Shell(con, confirm=ask_when_long(con) if sys.stdin.isatty() else None).loop()
@@ -202,7 +205,7 @@ def cache():
 @cache.command("stats")
 def cache_stats():
     """Cached results per function, and where the cache lives."""
-    from .cache import ResultCache
+    from duckllm.engine.cache import ResultCache
     store_ = ResultCache()
     rows = store_.stats()
     size = store_.path.stat().st_size if store_.path.exists() else 0
@@ -215,7 +218,7 @@ def cache_stats():
 @cache.command("clear")
 def cache_clear():
     """Delete every cached result."""
-    from .cache import ResultCache
+    from duckllm.engine.cache import ResultCache
     with _errors():
         click.echo(f"removed {ResultCache().clear():,} cached results")
 
@@ -231,8 +234,8 @@ def cache_clear():
               show_default=True, help="where results.md, results.json and the plots go")
 def bench(suite_dir, datasets, limit, model, baseline, out):
     """Quality, calibration and speed of the functions on a labeled suite."""
-    from . import report, suite
-    from .engine import Engine
+    from duckllm.engine import Engine
+    from duckllm.evaluation import report, suite
     suite_dir = suite_dir or suite.default_suite()
     if suite_dir is None or not (suite_dir / "datasets.json").exists():
         raise click.UsageError("no suite found: pass --suite DIR, a folder holding datasets.json "
@@ -276,7 +279,7 @@ def bench(suite_dir, datasets, limit, model, baseline, out):
 def run_command(query, address, output, model, cache, workers, gpus_per_worker, cpus_per_worker, rows_per_shard):
     """Run a row-mapping query shard by shard into Parquet parts, on Ray or in this process;
     a rerun computes only the parts not yet there."""
-    from .distributed import run_query
+    from duckllm.distributed import run_query
     if query is None and address and " " in address:   # `--ray "SELECT ..."`: the flag had no address
         query, address = address, "local"
     if query is None:
@@ -307,7 +310,7 @@ def run_command(query, address, output, model, cache, workers, gpus_per_worker, 
 @MODEL
 def info(model):
     """Load a model and say which device runs it and how many layers are offloaded."""
-    from .engine import Engine
+    from duckllm.engine import Engine
     with _errors():
         details = Engine().runtime(model).describe()
     for key, value in details.items():

@@ -10,9 +10,9 @@ import time
 
 import duckdb
 
-from .errors import DuckLLMError
-from .home import home
-from .output import MODES
+from duckllm.cli.output import MODES
+from duckllm.errors import DuckLLMError
+from duckllm.home import home
 
 PROMPT, CONTINUE = "D ", "‣ "
 HELP = """.help             this list
@@ -100,7 +100,7 @@ class Shell:
         self._readline.add_history(" ".join(line.strip() for line in lines))
 
     def execute(self, sql: str) -> None:
-        from .cli import run_statements, user_message
+        from duckllm.cli.commands import run_statements, user_message
         start = time.perf_counter()
         try:
             run_statements(self.con, sql, confirm=self.confirm, mode=self.mode, out=self.out)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .confidence import auroc
-from .suite import Result, Scored
+from duckllm.confidence import auroc
+from duckllm.evaluation.suite import Result, Scored
 
 BINS = 10
 ABSTAIN = 0.2

@@ -1,0 +1,3 @@
+from duckllm.cli import main
+
+main()

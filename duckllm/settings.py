@@ -1,0 +1,147 @@
+"""Settings: one validated object, made at the edge and passed down.
+
+The edges are the CLI's flags, the environment (DUCKLLM_*), `register(con, model=..., cache=...)`
+and the dbt plugin's config. Each makes a Settings with `Settings.from_env(**overrides)` (or
+`settings.replace(...)`); below the edge nothing reads os.environ and nothing writes it. A bad value
+is an error here, naming the variable or argument and the fix, before any query runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from duckllm.errors import ArgumentError
+
+FALSE = ("0", "off", "false", "no")
+TRUE = ("1", "on", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path                          # models, result cache, speeds, shell history
+    model: str | None = None            # the default model: catalog name or .gguf path
+    cache: bool = True                  # read and write the result cache
+    cache_path: Path | None = None      # the result cache's file; None: home / cache.sqlite
+    context: int | None = None          # llama.cpp context cells; None: the runtime's default for its device
+    parallel: int | None = None         # rows in flight at once; None: the device's default
+    batch: int | None = None            # tokens per llama.cpp batch; None: the device's default
+    threads: int | None = None          # CPU threads for llama.cpp; None: the physical cores
+    batch_invariant: bool = True        # a row's answer does not depend on its neighbours (CPU)
+    confirm_seconds: float = 60.0       # ask before a query estimated to take longer (terminal only)
+    progress: bool | None = None        # the progress line; None: only on a terminal
+    verbose: bool = False               # llama.cpp's own logs on stderr
+
+    # ---- making one ----------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """The environment's settings (os.environ by default), then the overrides a caller
+        passes (None means 'not given'), all validated."""
+        env = os.environ if env is None else env
+        read = _Reader(env)
+        values = dict(
+            home=read.home(),
+            cache=read.switch("DUCKLLM_CACHE", True),
+            context=read.whole("DUCKLLM_CONTEXT", like=4096),
+            parallel=read.whole("DUCKLLM_PARALLEL", like=64),
+            batch=read.whole("DUCKLLM_BATCH", like=512),
+            threads=read.whole("DUCKLLM_THREADS", like=4, zero_is_default=True),
+            batch_invariant=read.switch("DUCKLLM_BATCH_INVARIANT", True),
+            confirm_seconds=read.seconds("DUCKLLM_CONFIRM_SECONDS", 60.0),
+            progress=read.switch("DUCKLLM_PROGRESS", None),
+            verbose=read.switch("DUCKLLM_VERBOSE", False),
+        )
+        return cls(**values).replace(**overrides)
+
+    def replace(self, **changes) -> Settings:
+        """A copy with the given (non-None) values, validated as an argument is."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ArgumentError(f"unknown setting {unknown[0]!r}; the settings are "
+                                f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        given = {k: v for k, v in changes.items() if v is not None}
+        if "home" in given:
+            given["home"] = _usable_home(Path(given["home"]).expanduser(), "home")
+        if "cache_path" in given:
+            given["cache_path"] = Path(given["cache_path"]).expanduser()
+        for name in ("context", "parallel", "batch", "threads"):
+            if name in given and (isinstance(given[name], bool) or not isinstance(given[name], int)
+                                  or given[name] < 1):
+                raise ArgumentError(f"setting {name} must be a whole number from 1, got {given[name]!r}")
+        return dataclasses.replace(self, **given) if given else self
+
+    # ---- derived -------------------------------------------------------------------------
+
+    @property
+    def result_cache_path(self) -> Path:
+        return self.cache_path or self.home / "cache.sqlite"
+
+
+class _Reader:
+    """Reads DUCKLLM_* variables; a value it cannot read is an error that shows a good one."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def raw(self, name: str) -> str:
+        return self.env.get(name, "").strip()
+
+    def whole(self, name: str, like: int, zero_is_default: bool = False) -> int | None:
+        raw = self.raw(name)
+        if not raw:
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value == 0 and zero_is_default:
+            return None
+        if value < 1:
+            lowest = 0 if zero_is_default else 1
+            raise ArgumentError(f"{name}={raw!r} is not a whole number from {lowest}; set it like "
+                                f"{name}={like}, or unset it for the default")
+        return value
+
+    def switch(self, name: str, default: bool | None) -> bool | None:
+        raw = self.raw(name).lower()
+        if not raw:
+            return default
+        if raw in TRUE:
+            return True
+        if raw in FALSE:
+            return False
+        raise ArgumentError(f"{name}={self.raw(name)!r} is neither on nor off; set it to 1 or 0, or unset it")
+
+    def seconds(self, name: str, default: float) -> float:
+        raw = self.raw(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            raise ArgumentError(f"{name}={raw!r} is not a number of seconds; set it like {name}={default:g}")
+        return value
+
+    def home(self) -> Path:
+        configured = self.raw("DUCKLLM_HOME")
+        if configured:
+            return _usable_home(Path(configured).expanduser(), "DUCKLLM_HOME")
+        return _usable_home(Path.home() / ".cache" / "duckllm", "the default home ~/.cache/duckllm")
+
+
+def _usable_home(path: Path, named: str) -> Path:
+    """The home folder, created if missing; a file in its place is an error that says so."""
+    if path.exists() and not path.is_dir():
+        raise ArgumentError(f"{named} points at {str(path)!r}, which is a file, not a folder; "
+                            f"set DUCKLLM_HOME to a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArgumentError(f"cannot create the duckllm home {str(path)!r} ({e.strerror}); "
+                            f"set DUCKLLM_HOME to a folder you can write") from None
+    return path
