@@ -8,11 +8,15 @@
 
 CREATE OR REPLACE TEMP MACRO llm_classify(text, labels, options := NULL, descriptions := NULL,
                                           instructions := NULL, examples := NULL, nearest := NULL,
-                                          preselect := NULL, model := NULL, confidence := NULL) AS
+                                          preselect := NULL, model := NULL, confidence := NULL,
+                                          agreement := NULL, agreement_confidence := NULL) AS
     __duckllm_classify(text::VARCHAR, to_json({'labels': labels, 'options': options,
         'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
         'nearest': nearest, 'preselect': preselect,
         'model': coalesce(model, getvariable('duckllm_model')), 'confidence': confidence,
+        'agreement': agreement, 'agreement_confidence': agreement_confidence,
+        'query': CASE WHEN coalesce(agreement::VARCHAR, json_extract_string(to_json(options), '$.agreement')) IS NOT NULL
+                      THEN getvariable('duckllm_session') || ':' || txid_current() END,
         'cache': getvariable('duckllm_cache')})::VARCHAR);
 
 CREATE OR REPLACE TEMP MACRO llm_clean(text, instructions := NULL, options := NULL, examples := NULL,
@@ -24,13 +28,16 @@ CREATE OR REPLACE TEMP MACRO llm_clean(text, instructions := NULL, options := NU
 -- The pair travels as one JSON text, so dedup and the cache key on the pair; NULL if either is,
 -- '' (blank: no model work) if either is only whitespace.
 CREATE OR REPLACE TEMP MACRO llm_match(a, b, instructions := NULL, options := NULL, examples := NULL,
-                                       model := NULL) AS
+                                       model := NULL, agreement := NULL, agreement_confidence := NULL) AS
     __duckllm_match(CASE WHEN a IS NULL OR b IS NULL THEN NULL
                          WHEN regexp_full_match(a::VARCHAR, '[\s\p{Z}]*')
                            OR regexp_full_match(b::VARCHAR, '[\s\p{Z}]*') THEN ''
                          ELSE to_json([a::VARCHAR, b::VARCHAR])::VARCHAR END,
         to_json({'instructions': instructions, 'options': options, 'examples': examples,
         'model': coalesce(model, getvariable('duckllm_model')),
+        'agreement': agreement, 'agreement_confidence': agreement_confidence,
+        'query': CASE WHEN coalesce(agreement::VARCHAR, json_extract_string(to_json(options), '$.agreement')) IS NOT NULL
+                      THEN getvariable('duckllm_session') || ':' || txid_current() END,
         'cache': getvariable('duckllm_cache')})::VARCHAR);
 
 -- Typed by the schema: the UDF answers JSON, read here into STRUCT(<fields>, confidence, note).

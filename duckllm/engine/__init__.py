@@ -108,6 +108,7 @@ class Engine:
         self._loading = threading.Lock()
         self._plans: dict[tuple, Plan] | None = None
         self._plans_lock = threading.Lock()
+        self._cascade = None
 
     @contextlib.contextmanager
     def planning(self):
@@ -147,13 +148,26 @@ class Engine:
         spec = None if store.is_path(name) else catalog.lookup(name)
         return FORMATS[spec.prompt_format] if spec else None
 
-    def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None) -> list[dict | None]:
+    def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None,
+            query=None) -> list[dict | None]:
         """One result per text: None for NULL, task.empty for blank, else the model's answer.
-        Identical texts are answered once; cached answers are not recomputed."""
+        Identical texts are answered once; cached answers are not recomputed. With
+        task.agreement, a proxy answers the rows it may (duckllm.proxy); query names the SQL
+        query the call belongs to, so all its calls start from the same stored examples."""
         if self._plans is not None:
             return self._plan(task, texts, cache_enabled() if use_cache is None else use_cache)
         with cancel.working():
-            return self._run(task, texts, use_cache)
+            return self._run(task, texts, use_cache, query)
+
+    @property
+    def cascade(self):
+        """The proxy's side of the engine (duckllm.proxy.cascade), made on first use: its
+        scikit-learn import costs a start without agreement nothing."""
+        if self._cascade is None:
+            from duckllm.proxy.cascade import Cascade
+            from duckllm.proxy.examples import ExampleStore
+            self._cascade = Cascade(lambda: ExampleStore(self.cache))
+        return self._cascade
 
     def _plan(self, task: Task, texts: Sequence[str | None], use_cache: bool) -> list[None]:
         name, _, model_id = self._model(task.model)
@@ -180,7 +194,7 @@ class Engine:
                 plan.prefix_tokens = len(runtime.tokenize_prompt(prompt.shared))
         return [None] * len(texts)
 
-    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None) -> list[dict | None]:
+    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None, query=None) -> list[dict | None]:
         started = time.perf_counter()
         use_cache = cache_enabled() if use_cache is None else use_cache
         results: list[dict | None] = [None] * len(texts)
@@ -203,26 +217,45 @@ class Engine:
         if todo:
             _, _, model_id = self._model(task.model)
             keys = {text: key_of(model_id, task.key, text) for text in todo}
-            if use_cache:
-                cached = self.cache.get_many(list(keys.values()))
-                for text in todo:
-                    if keys[text] in cached:
-                        deliver(text, cached[keys[text]])
-                STATS.add(cache_hits=sum(keys[t] in cached for t in todo))
-                todo = [t for t in todo if keys[t] not in cached]
-            if todo:
-                self._compute(task, todo, keys, deliver, use_cache, model_id)
+            cached = self.cache.get_many(list(keys.values())) if use_cache else {}
+            hits = {t: cached[keys[t]] for t in todo if keys[t] in cached}
+            STATS.add(cache_hits=len(hits))
+            todo = [t for t in todo if t not in hits]
+            if task.agreement is not None:
+                self._agree(task, todo, keys, hits, deliver, use_cache, model_id, query)
+            else:
+                for text, result in hits.items():
+                    deliver(text, result)
+                if todo:
+                    self._compute(task, todo, keys, deliver, use_cache, model_id)
         STATS.add(seconds=time.perf_counter() - started)
         return results
 
+    def _agree(self, task: Task, todo: list[str], keys: dict[str, str], hits: dict[str, dict], deliver,
+               use_cache: bool, model_id: str, query) -> None:
+        """A call with agreement: the proxy answers what it may, the model the rest."""
+        progress = Progress(task.name, total=len(todo))
+
+        def by_proxy(n: int) -> None:
+            STATS.add(proxy_rows=n)
+            progress.advance(n, proxy=True)
+        try:
+            self.cascade.run(task, todo, keys, hits, deliver,
+                             lambda texts, done: self._compute(task, texts, keys, done, use_cache, model_id, progress),
+                             model_id, query=query, keep=use_cache, counted=by_proxy)
+        finally:
+            progress.close()
+
     def _compute(self, task: Task, texts: list[str], keys: dict[str, str], deliver, use_cache: bool,
-                 model_id: str) -> None:
+                 model_id: str, progress: Progress | None = None) -> None:
         """Answer texts on the model; each row is delivered, counted and cached as it finishes,
-        so an interrupted call keeps what it finished."""
+        so an interrupted call keeps what it finished. progress: a call's own, shared by its
+        model runs (with agreement), else one for these texts."""
         runtime = self.runtime(task.model)
         STATS.set(device=runtime.describe().get("device", "?"))
         prompt = runtime.format.split(list(task.messages))
-        progress = Progress(task.name, total=len(texts))
+        own_progress = progress is None
+        progress = progress or Progress(task.name, total=len(texts))
         finished: list[tuple[str, dict]] = []
         usage = (runtime.usage.prompt_tokens, runtime.usage.generated_tokens)
 
@@ -252,6 +285,7 @@ class Engine:
             speed.record(model_id, task.name, runtime.usage.prompt_tokens - usage[0], time.perf_counter() - started)
         finally:
             flush()
-            progress.close()
+            if own_progress:
+                progress.close()
             STATS.add(prompt_tokens=runtime.usage.prompt_tokens - usage[0],
                       generated_tokens=runtime.usage.generated_tokens - usage[1])

@@ -25,6 +25,7 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS results (
     function TEXT NOT NULL,
     result TEXT NOT NULL,
     created REAL NOT NULL)"""
+CLEARED_WITH_RESULTS = ("proxy_examples",)    # tables beside the results that clear() empties
 
 
 def default_path() -> Path:
@@ -101,6 +102,19 @@ class ResultCache:
                 continue
         return None
 
+    def connection(self) -> sqlite3.Connection | None:
+        """This thread's connection to the file, for data kept beside the results (the proxy's
+        examples, duckllm.proxy.examples); None when the file cannot be opened."""
+        return self._db()
+
+    @property
+    def writable(self) -> bool:
+        return self._db() is not None and not self._read_only
+
+    def failed(self, reason: str) -> None:
+        """Data kept beside the results could not be written: warn once, as for the results."""
+        self._fail(reason, readable=True)
+
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         db = self._db()
         found: dict[str, dict] = {}
@@ -141,6 +155,10 @@ class ResultCache:
         try:
             with db:
                 n = db.execute("DELETE FROM results").rowcount
+                # what was learned from those answers goes with them
+                for table in CLEARED_WITH_RESULTS:
+                    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+                        db.execute(f"DELETE FROM {table}")
             db.execute("VACUUM")
         except sqlite3.Error as e:
             raise DuckLLMError(f"cannot clear the result cache {self.path} ({e}); fix the file's "

@@ -21,13 +21,15 @@ def _enabled(stream) -> bool:
 class Progress:
     def __init__(self, label: str, total: int | None = None, stream=None):
         self.label, self.total, self.done = label, total, 0
+        self.by_proxy = 0       # of done: rows a proxy answered (duckllm.proxy), shown when any
         self.stream = stream or sys.stderr
         self.enabled = _enabled(self.stream)
         self.started = time.perf_counter()
         self.shown = False
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, proxy: bool = False) -> None:
         self.done += n
+        self.by_proxy += n if proxy else 0
         elapsed = time.perf_counter() - self.started
         if not self.enabled or elapsed < SHOW_AFTER_S:
             return
@@ -47,6 +49,8 @@ class Progress:
                 text += f"  {rate:.1f} rows/s"
         else:
             text += f" rows  {rate:.1f} rows/s"
+        if self.by_proxy:
+            text += f"  (model {self.done - self.by_proxy:,}, proxy {self.by_proxy:,})"
         return text
 
     def close(self) -> None:

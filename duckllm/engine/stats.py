@@ -1,13 +1,14 @@
 """Process-wide counters behind SELECT * FROM duckllm_stats().
 
 Every non-NULL, non-blank row is answered one way: rows = NULL or blank + dedup_hits (an
-identical text in the same call) + cache_hits (from the result cache) + model_rows.
+identical text in the same call) + cache_hits (from the result cache) + model_rows + proxy_rows
+(answered by the proxy of a call with agreement, duckllm.proxy).
 """
 from __future__ import annotations
 
 import threading
 
-FIELDS = {"calls": int, "rows": int, "cache_hits": int, "dedup_hits": int, "model_rows": int,
+FIELDS = {"calls": int, "rows": int, "cache_hits": int, "dedup_hits": int, "model_rows": int, "proxy_rows": int,
           "prompt_tokens": int, "generated_tokens": int, "seconds": float, "device": str}
 
 

@@ -6,6 +6,7 @@ task per group, and hands the group's texts to the engine in one call. Knows not
 from __future__ import annotations
 
 import json
+import uuid
 import weakref
 
 import duckdb
@@ -26,9 +27,12 @@ from duckllm.tasks import (
 
 CONFIDENCE = ("confidence", pa.float64())
 NOTE = ("note", pa.string())
-CLASSIFY_TYPE = pa.struct([("label", pa.string()), CONFIDENCE, NOTE])
+# 'model', 'proxy' or 'cache' in a call with agreement (duckllm.proxy), else NULL: a field only
+# such calls had would give the function a different type per call
+ANSWERED_BY = ("answered_by", pa.string())
+CLASSIFY_TYPE = pa.struct([("label", pa.string()), CONFIDENCE, NOTE, ANSWERED_BY])
 CLEAN_TYPE = pa.struct([("value", pa.string()), CONFIDENCE, ("changed", pa.bool_()), NOTE])
-MATCH_TYPE = pa.struct([("match", pa.bool_()), CONFIDENCE, NOTE])
+MATCH_TYPE = pa.struct([("match", pa.bool_()), CONFIDENCE, NOTE, ANSWERED_BY])
 ENRICH_TYPE = pa.struct([("value", pa.string()), CONFIDENCE, ("truncated", pa.bool_()), NOTE])
 MULTI_TYPE = pa.list_(pa.struct([("label", pa.string()), CONFIDENCE]))
 ENTITIES_TYPE = pa.list_(pa.struct([("text", pa.string()), ("type", pa.string()), CONFIDENCE]))
@@ -59,12 +63,15 @@ def _vectorised(engine: Engine, build, result_type: pa.DataType, to_arrow):
                 groups.setdefault(arg_values[i], []).append(i)
         results = [None] * len(texts)
         for key, rows in groups.items():
+            arguments = json.loads(key) if key else {}
+            query = arguments.pop("query", None)    # the SQL query of a call with agreement
+            if query is not None:
+                key = json.dumps(arguments, sort_keys=True)   # one task for all its queries
             if key not in tasks:
-                arguments = json.loads(key) if key else {}
                 use_cache = arguments.pop("cache", None)
                 tasks[key] = (build(arguments), None if use_cache is None else bool(use_cache))
             task, use_cache = tasks[key]
-            for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache)):
+            for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache, query=query)):
                 results[i] = r
         return pa.array([None if r is None else to_arrow(r) for r in results], type=result_type)
 
@@ -135,6 +142,8 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: E
     if "__duckllm_stats" not in existing:
         con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
     con.execute("SET VARIABLE duckllm_model = ?", [model])
+    # with txid_current(), names each query of this connection apart for duckllm.proxy
+    con.execute("SET VARIABLE duckllm_session = ?", [uuid.uuid4().hex])
     for script in sorted(package_data("sql_macros").glob("*.sql")):
         con.execute(script.read_text())
     cancel.watch(con)   # Ctrl-C stops its model work from any program, not only the CLI

@@ -1,6 +1,7 @@
 """llm_classify: one label out of a fixed set, with the model's confidence in it."""
 from __future__ import annotations
 
+from duckllm import proxy
 from duckllm.confidence import choice_prob, mean_token_prob
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Pick, answer_bound
@@ -16,7 +17,7 @@ from duckllm.tasks import (
 
 FUNCTION = "llm_classify"
 VERSION = 2
-OPTIONS = {"descriptions", "instructions", "model", "confidence", "examples", "nearest", "preselect"}
+OPTIONS = {"descriptions", "instructions", "model", "confidence", "examples", "nearest", "preselect"} | proxy.OPTIONS
 CONFIDENCE_METHODS = ("mean_token", "choice")
 DEFAULT_CONFIDENCE = "mean_token"  # higher mean AUROC on the default model (README, Confidence)
 PRESELECT_ABOVE = 200   # label sets larger than this are narrowed per row by default ...
@@ -34,6 +35,7 @@ def from_sql(args: dict) -> Task:
 def build(labels, options=None) -> Task:
     labels = validate_labels(labels)
     opts = parse_options(FUNCTION, options, OPTIONS)
+    agreement = proxy.options(FUNCTION, opts)
     descriptions = validate_descriptions(labels, opts.get("descriptions"))
     method = opts.get("confidence", DEFAULT_CONFIDENCE)
     if method not in CONFIDENCE_METHODS:
@@ -87,6 +89,9 @@ def build(labels, options=None) -> Task:
         prepare=lambda texts: [prepare(texts) for prepare in prepares],
         empty={"label": None, "confidence": None, "note": "empty text"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
+        agreement=agreement and proxy.Agreement(
+            *agreement, classes=tuple(labels), label_of=lambda result: result["label"],
+            result_of=lambda label, p: {"label": label, "confidence": p, "note": None}),
     )
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from duckllm import proxy
 from duckllm.confidence import choice_prob
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Parts, Pick, single
@@ -10,7 +11,7 @@ from duckllm.tasks import TRUNCATED, Task, canonical, examples, instructed
 
 FUNCTION = "llm_match"
 VERSION = 4     # 4: a pair too long for the context is cut from both records, not only the second
-OPTIONS = {"instructions", "model", "examples"}
+OPTIONS = {"instructions", "model", "examples"} | proxy.OPTIONS
 ANSWERS = ("Yes", "No")   # as chat models write them: lower case pulled answers away (bench)
 # Confidence is P(the answer | Yes or No): the probability of the one answer token over the
 # whole vocabulary also holds the mass of other spellings, and says less.
@@ -37,6 +38,7 @@ def from_sql(args: dict) -> Task:
 
 def build(instructions=None, options=None) -> Task:
     system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, OPTIONS)
+    agreement = proxy.options(FUNCTION, opts)
     given = examples.parse(FUNCTION, opts.get("examples"), _check_example)
     messages = [("system", system)] + examples.as_turns(
         [(pair(*_example_pair(i)), _yes_no(o)) for i, o in given], render, str)
@@ -51,6 +53,9 @@ def build(instructions=None, options=None) -> Task:
         program=lambda text, n: single(Pick(ANSWERS)), answer_tokens=lambda n: 4, read=read,
         empty={"match": None, "confidence": None, "note": "empty record"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, instructions, opts),
+        agreement=agreement and proxy.Agreement(
+            *agreement, classes=ANSWERS, features="pair", label_of=lambda result: ANSWERS[not result["match"]],
+            result_of=lambda answer, p: {"match": answer == ANSWERS[0], "confidence": p, "note": None}),
     )
 
 

@@ -1,0 +1,191 @@
+"""One engine call with agreement: sample, train, let the proxy answer what it may, send the rest
+to the model.
+
+Determinism. DuckDB hands a UDF chunks of up to 2,048 rows, from several threads at once for a
+table of several row groups, in an order that changes from run to run. A proxy that learned from
+every answer as it came would answer a row by what other threads happened to finish first. So a
+call decides its rows from two things only: the examples stored when its query began (a mark in
+the example store, taken by the query's first call, before any of its own answers are kept), and
+the call's own rows (its cached answers and the model's answers to its sample). The same query
+over the same data and cache gets the same answers whatever the thread schedule, as long as
+DuckDB hands over the same chunks: true of a scan of a table or file, not promised for the output
+of a parallel join or aggregate. What it costs: within its first query a task learns from each
+chunk's own sample only, not from the chunks before it (docs/proxy.md measures it against
+'free' learning from every answer stored so far, which the benchmark alone uses).
+
+Honest samples. A row is in the call's sample when the keyed hash of its text falls under the
+call's rate (sampling.draw): never its position, so a sorted table is sampled as a shuffled one.
+The rate tops the labeled rows up to what the bound needs, and never falls under AUDIT, so every
+chunk keeps checking the proxy on fresh rows of its own.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import sparse
+
+from duckllm.proxy import Agreement, bound, classifier, sampling
+from duckllm.proxy.examples import ExampleStore
+from duckllm.proxy.features import FEATURES
+
+AUDIT = 0.05          # the least share of a call's new rows the model answers, to audit the proxy
+WANT = 2              # a call tops its labeled rows up to WANT x the rows the bound tests first
+KEEP_QUERIES = 16     # query marks and their examples' features kept in memory
+
+TOO_FEW = ("agreement: {rows} rows are too few for a proxy, which needs the model's answers to at least "
+           "{need} first; the model answered every row")
+NOT_REACHED = ("agreement: on {n} of the model's answers the proxy did not show {target:g} agreement at "
+               "{confidence:g} confidence; the model answered this row")
+DRIFTED = ("agreement: on this chunk's own sample the proxy agreed with the model less than on the stored "
+           "examples (below {target:g}); the model answered this row")
+
+
+@dataclass
+class _Labeled:
+    """Labeled rows in a fixed order, with their features."""
+    keys: list[str]
+    texts: list[str]
+    labels: list[str]
+    X: sparse.csr_matrix | None
+
+
+def _labeled(rows: list[tuple[str, str, str]], featurize) -> _Labeled:
+    keys, texts, labels = (list(c) for c in zip(*rows)) if rows else ([], [], [])
+    return _Labeled(keys, texts, labels, featurize(texts) if texts else None)
+
+
+def _joined(a: _Labeled, b: _Labeled) -> _Labeled:
+    X = a.X if b.X is None else b.X if a.X is None else sparse.vstack([a.X, b.X], format="csr")
+    return _Labeled(a.keys + b.keys, a.texts + b.texts, a.labels + b.labels, X)
+
+
+@dataclass
+class _Query:
+    before: _Labeled                # the examples stored when the query began
+    written: set[str]               # keys of the answers the model gave in this query so far
+
+
+class Cascade:
+    """The proxy's side of an engine: for each query, the examples stored when it began."""
+
+    def __init__(self, store: Callable[[], ExampleStore]):
+        self._store = store
+        self._queries: OrderedDict[tuple, _Query] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _query(self, spec: Agreement, model_id: str, task_key: str, query, keep: bool) -> _Query:
+        """The query's state: its examples read, and featurised, once, by its first call."""
+        featurize = FEATURES[spec.features]
+        if not keep:
+            return _Query(_labeled([], featurize), set())
+        store = self._store()
+        if spec.learning == "free" or query is None:      # a call of its own is its own query
+            return _Query(_labeled(store.rows(model_id, task_key), featurize), set())
+        with self._lock:
+            key = (query, model_id, task_key, spec.features)
+            if key not in self._queries:
+                self._queries[key] = _Query(_labeled(store.rows(model_id, task_key, upto=store.mark()), featurize), set())
+                while len(self._queries) > KEEP_QUERIES:
+                    self._queries.popitem(last=False)
+            self._queries.move_to_end(key)
+            return self._queries[key]
+
+    def run(self, task, todo: list[str], keys: dict[str, str], cached: dict[str, dict], deliver,
+            compute, model_id: str, query=None, keep: bool = True, counted=None) -> None:
+        """Answer the call's distinct texts: `cached` (text -> result) found in the result cache,
+        `todo` not, by the proxy or by compute(texts, deliver) on the model. keep: the result
+        cache is on, so examples are read and kept beside it. counted(n): n rows the proxy answered."""
+        spec: Agreement = task.agreement
+        state = self._query(spec, model_id, task.key, query, keep)
+        # An answer this query's model work cached meanwhile is known, but whether another chunk
+        # got there first depends on the threads: such a row is decided as if uncached (it skips
+        # the model if it goes there), so its chunk decides alike either way.
+        known = {t: r for t, r in cached.items() if keys[t] in state.written}
+        todo = sorted([*todo, *known], key=keys.get)
+        for text, result in cached.items():
+            if text not in known:
+                deliver(text, {**result, "answered_by": "cache"})
+        if not todo:
+            return
+        store = self._store() if keep else None
+
+        def model(texts: list[str], note: str | None, answers: dict | None = None) -> None:
+            """The model answers texts; each answer is delivered and kept as it finishes."""
+            def done(text: str, result: dict) -> None:
+                label = spec.label_of(result)
+                if answers is not None:
+                    answers[text] = label
+                state.written.add(keys[text])     # before the engine caches it: see `known`
+                if store:
+                    store.add(model_id, task.key, [(keys[text], text, label)])
+                if note:
+                    result = {**result, "note": "; ".join(n for n in (result.get("note"), note) if n)}
+                deliver(text, {**result, "answered_by": "model"})
+            for text in texts:
+                if text in known:
+                    done(text, known[text])
+            rest = [t for t in texts if t not in known]
+            if rest:
+                compute(rest, done)
+
+        if len(spec.classes) == 1:      # the model can answer nothing else: agreement is certain
+            for text in todo:
+                deliver(text, {**spec.result_of(spec.classes[0], 1.0), "answered_by": "proxy"})
+            counted and counted(len(todo))
+            return
+        featurize = FEATURES[spec.features]
+        before = state.before
+        stored = set(before.keys)
+        own = [(keys[t], t, spec.label_of(r)) for t, r in cached.items() if t not in known]
+        if store:
+            store.add(model_id, task.key, own)
+        own = [row for row in own if row[0] not in stored]
+
+        first = bound.START * bound.fewest(spec.target, spec.alpha)
+        labeled = len(before.keys) + len(own)
+        rate = min(1.0, max(AUDIT, (WANT * first - labeled) / len(todo)))
+        hash_key = sampling.key_of(spec.seed)
+        draws = {t: sampling.draw(hash_key, t) for t in todo}
+        sample = [t for t in todo if draws[t] < rate]
+        rest = [t for t in todo if draws[t] >= rate]
+        if labeled + len(todo) < first or not rest:
+            model(todo, TOO_FEW.format(rows=f"{labeled + len(todo):,}", need=f"{first:,}"))
+            return
+
+        answers: dict[str, str] = {}
+        model(sample, None, answers)
+        mine = _labeled(sorted(own + [(keys[t], t, answers[t]) for t in sample]), featurize)
+        pool = _joined(before, mine)
+        folds = np.array([sampling.fold(hash_key, t, classifier.FOLDS) for t in pool.texts])
+        fitted = classifier.fit(pool.X, pool.labels, folds, spec.target, spec.alpha)
+        if fitted.threshold is None:
+            model(rest, NOT_REACHED.format(n=f"{len(pool.keys):,}", target=spec.target, confidence=spec.confidence))
+            return
+        if before.keys and _drifted(fitted, len(before.keys), spec):
+            model(rest, DRIFTED.format(target=spec.target))
+            return
+
+        labels, scores = fitted.scores(featurize(rest), np.array([sampling.fold(hash_key, t, classifier.FOLDS)
+                                                                  for t in rest]))
+        confidence = fitted.confidence(scores)
+        below = []
+        for text, label, score, p in zip(rest, labels, scores, confidence):
+            if score >= fitted.threshold:
+                deliver(text, {**spec.result_of(label, float(p)), "answered_by": "proxy"})
+            else:
+                below.append(text)
+        counted and counted(len(rest) - len(below))
+        model(below, None)
+
+
+def _drifted(fitted: classifier.Fitted, stored: int, spec: Agreement) -> bool:
+    """The call's own labeled rows (after the stored ones) show, above the threshold, agreement
+    surely below the target: the stored examples do not speak for this chunk."""
+    scores, agreed = fitted.held_out_scores[stored:], fitted.held_out_agreed[stored:]
+    above = scores >= fitted.threshold
+    n = int(above.sum())
+    return n > 0 and bound.upper(int(agreed[above].sum()), n, spec.alpha) < spec.target

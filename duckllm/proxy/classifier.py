@@ -1,0 +1,110 @@
+"""The proxy: a linear classifier on hashed n-grams, cross-fitted, with calibrated confidences.
+
+The labeled rows (the model's own answers) are split into folds by a hash of their text. Each
+fold gets a model trained on the other folds, and a new row is scored by the model of the fold
+its own hash falls in: so a new row and a held-out row of its fold are scored alike, and what
+the held-out rows show (how often the proxy agrees with the model above a score) carries over
+to the new rows. Training is deterministic: rows in a fixed order, fixed seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import SGDClassifier
+
+from duckllm.proxy import bound
+
+FOLDS = 4
+
+
+def _estimator() -> SGDClassifier:
+    # logistic loss gives probabilities; SGD fits 77 labels on thousands of rows in about a
+    # second, where lbfgs took minutes on this CPU (docs/proxy.md)
+    return SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=15, tol=None, random_state=0)
+
+
+class _Constant:
+    """What a fold learns when its training rows all carry one label."""
+
+    def __init__(self, label: str, classes: list[str]):
+        self.column = classes.index(label)
+        self.width = len(classes)
+
+    def predict_proba(self, X) -> np.ndarray:
+        p = np.zeros((X.shape[0], self.width))
+        p[:, self.column] = 1.0
+        return p
+
+
+@dataclass
+class Fitted:
+    classes: list[str]
+    models: list                       # one per fold
+    calibration: IsotonicRegression | None
+    threshold: float | None            # the lowest score the proxy answers at; None: none
+    held_out: int                      # labeled rows scored by a model that did not see them
+    agreement: float                   # how often the proxy agreed with the model above it, held out
+    bound: float                       # the lower bound on that rate at the stated confidence
+    share: float                       # the held-out rows above it
+    held_out_scores: np.ndarray | None = None    # each labeled row's score from the model without it
+    held_out_agreed: np.ndarray | None = None    # ... and whether its label was the model's
+
+    def scores(self, X, folds: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Each row's label and score (its label's probability) from its fold's model."""
+        labels = np.empty(X.shape[0], dtype=object)
+        scores = np.zeros(X.shape[0])
+        for k, model in enumerate(self.models):
+            rows = np.flatnonzero(folds == k)
+            if len(rows):
+                p = _aligned(model, X[rows], self.classes)
+                best = p.argmax(axis=1)
+                labels[rows] = [self.classes[i] for i in best]
+                scores[rows] = p[np.arange(len(rows)), best]
+        return list(labels), scores
+
+    def confidence(self, scores: np.ndarray) -> np.ndarray:
+        """Calibrated probability that the proxy's label is the model's."""
+        if self.calibration is None:
+            return np.ones_like(scores)
+        return self.calibration.predict(scores)
+
+
+def _aligned(model, X, classes: list[str]) -> np.ndarray:
+    """Probabilities over all classes, whichever of them the fold's model saw."""
+    p = model.predict_proba(X)
+    if isinstance(model, _Constant) or list(model.classes_) == classes:
+        return p
+    full = np.zeros((X.shape[0], len(classes)))
+    full[:, [classes.index(c) for c in model.classes_]] = p
+    return full
+
+
+def fit(X, labels: list[str], folds: np.ndarray, target: float, alpha: float) -> Fitted:
+    """Cross-fit on the labeled rows, then choose the threshold on their held-out scores."""
+    classes = sorted(set(labels))
+    y = np.asarray(labels, dtype=object)
+    models = []
+    for k in range(FOLDS):
+        train = folds != k
+        seen = sorted(set(y[train]))
+        if len(seen) == 0:
+            models.append(_Constant(classes[0], classes))
+        elif len(seen) == 1:
+            models.append(_Constant(seen[0], classes))
+        else:
+            models.append(_estimator().fit(X[train], y[train]))
+    fitted = Fitted(classes, models, None, None, len(labels), 0.0, 0.0, 0.0)
+    predicted, scores = fitted.scores(X, folds)
+    agreed = np.asarray(predicted, dtype=object) == y
+    fitted.held_out_scores, fitted.held_out_agreed = scores, agreed
+    if len(set(scores)) > 1:
+        fitted.calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, agreed)
+    fitted.threshold = bound.threshold(scores, agreed, target, alpha)
+    if fitted.threshold is not None:
+        above = scores >= fitted.threshold
+        fitted.share = float(above.mean())
+        fitted.agreement = float(agreed[above].mean())
+        fitted.bound = bound.lower(int(agreed[above].sum()), int(above.sum()), alpha)
+    return fitted

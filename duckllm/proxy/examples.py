@@ -1,0 +1,92 @@
+"""The model's own answers kept as training rows for the proxy, beside the result cache.
+
+The result cache keys answers by hashes, so it cannot say which text got which label; the proxy
+needs the text. These rows live in a table of the cache's SQLite file, keyed like the cache (the
+model file's sha256, the task's key without the agreement options, the text), written as each
+answer finishes: an interrupted query keeps them, and the next one retrains from them (no
+pickled model is kept: training from the rows is fast and deterministic). `duckllm cache clear`
+removes them with the results they came from.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+from duckllm.engine.cache import ResultCache
+
+TABLE = "proxy_examples"
+SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    key TEXT PRIMARY KEY,          -- the result cache's key of the answer
+    model TEXT NOT NULL,
+    task TEXT NOT NULL,
+    text TEXT NOT NULL,
+    label TEXT NOT NULL,
+    created REAL NOT NULL)"""
+INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_task ON {TABLE} (model, task)"
+
+
+class ExampleStore:
+    """Labeled rows per (model, task) in the result cache's file. Failures behave as the
+    cache's own: a warning once, and the query goes on without keeping them."""
+
+    def __init__(self, cache: ResultCache):
+        self.cache = cache
+        self._ready = threading.local()     # the table made on this thread's connection
+
+    def _db(self) -> sqlite3.Connection | None:
+        db = self.cache.connection()
+        if db is not None and getattr(self._ready, "db", None) is not db:
+            try:
+                if self.cache.writable:
+                    db.execute(SCHEMA)
+                    db.execute(INDEX)
+            except sqlite3.Error as e:
+                self.cache.failed(f"cannot create the proxy's examples in {self.cache.path} ({e})")
+            self._ready.db = db
+        return db
+
+    def mark(self) -> int:
+        """The newest row's id: rows up to it are what the store held at this moment."""
+        db = self._db()
+        try:
+            return db.execute(f"SELECT coalesce(max(rowid), 0) FROM {TABLE}").fetchone()[0] if db else 0
+        except sqlite3.Error:    # no table yet (a read-only cache written before)
+            return 0
+
+    def rows(self, model: str, task: str, upto: int | None = None) -> list[tuple[str, str, str]]:
+        """(key, text, label) of a task's stored answers (up to a mark), ordered by key, so the
+        same rows come in the same order whatever order they were written in."""
+        db = self._db()
+        if db is None:
+            return []
+        query = f"SELECT key, text, label FROM {TABLE} WHERE model = ? AND task = ?"
+        params: list = [model, task]
+        if upto is not None:
+            query += " AND rowid <= ?"
+            params.append(upto)
+        try:
+            return db.execute(query + " ORDER BY key", params).fetchall()
+        except sqlite3.Error:
+            return []
+
+    def add(self, model: str, task: str, rows: list[tuple[str, str, str]]) -> None:
+        """Keep (key, text, label) answers; one stored already stays as it was (and keeps its
+        place before or after a query's mark)."""
+        db = self._db()
+        if db is None or not rows or not self.cache.writable:
+            return
+        now = time.time()
+        try:
+            with db:
+                db.executemany(f"INSERT OR IGNORE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+                               [(key, model, task, text, label, now) for key, text, label in rows])
+        except sqlite3.Error as e:
+            self.cache.failed(f"cannot write the proxy's examples to {self.cache.path} ({e})")
+
+    def count(self) -> int:
+        db = self._db()
+        try:
+            return db.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] if db else 0
+        except sqlite3.Error:
+            return 0

@@ -1,0 +1,65 @@
+"""Cheap features of a row's text for the proxy: hashed character and word n-grams.
+
+Hashing needs no vocabulary fitted on the data, so a row's features are a function of its text
+alone: the same row gets the same features in any chunk, thread or query. llm_match's rows are
+pairs of records, whose answer turns on how alike the two are, so a pair gets similarity
+features beside the n-grams its records share and do not share.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import HashingVectorizer
+
+N_FEATURES = 2 ** 16     # 77 labels x 65,536 weights x 8 bytes = 40 MB at most per model
+
+_chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 4), n_features=N_FEATURES, lowercase=True,
+                           alternate_sign=False, norm="l2")
+_words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=N_FEATURES, lowercase=True,
+                           alternate_sign=False, norm="l2", token_pattern=r"(?u)\b\w+\b")
+
+
+def text_features(texts: list[str]) -> sparse.csr_matrix:
+    """Character 2-4-grams within words and word 1-2-grams, each block L2-normalised."""
+    return sparse.hstack([_chars.transform(texts), _words.transform(texts)], format="csr")
+
+
+_token = re.compile(r"\w+")
+
+
+def _tokens(text: str) -> set[str]:
+    return set(_token.findall(text.lower()))
+
+
+def _grams(text: str, n: int = 3) -> set[str]:
+    text = " ".join(text.lower().split())
+    return {text[i:i + n] for i in range(max(1, len(text) - n + 1))}
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def pair_features(texts: list[str]) -> sparse.csr_matrix:
+    """For llm_match's pairs (JSON [a, b]): how alike the records are (word, number and
+    character-trigram overlap, lengths), and the words they share and do not share."""
+    rows, shared, differing = [], [], []
+    for text in texts:
+        a, b = (str(x) for x in json.loads(text))
+        ta, tb = _tokens(a), _tokens(b)
+        na, nb = {t for t in ta if any(c.isdigit() for c in t)}, {t for t in tb if any(c.isdigit() for c in t)}
+        common = len(ta & tb)
+        rows.append([_jaccard(ta, tb), _jaccard(na, nb), _jaccard(_grams(a), _grams(b)),
+                     common / max(1, min(len(ta), len(tb))),
+                     min(len(a), len(b)) / max(1, len(a), len(b)),
+                     float(bool(na) and bool(nb) and not na & nb), float(a.strip().lower() == b.strip().lower())])
+        shared.append(" ".join(sorted(ta & tb)))
+        differing.append(" ".join(sorted(ta ^ tb)))
+    similarity = sparse.csr_matrix(np.asarray(rows, dtype=float))
+    return sparse.hstack([similarity, _words.transform(shared), _words.transform(differing)], format="csr")
+
+
+FEATURES = {"text": text_features, "pair": pair_features}
