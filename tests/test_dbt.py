@@ -132,7 +132,7 @@ def rounded(value):
 # The fake runtime picks the first option the text names (confidence 0.9, else the first option,
 # 0.4) and writes the text title-cased (0.8); see tests/fakes.py.
 TEXT = "please refund my order from Berlin, 2 items"
-REFUND = {"label": "refund", "confidence": 0.9, "note": None}
+REFUND = {"label": "refund", "confidence": 0.9, "note": None, "answered_by": None}
 TITLED = "Please Refund My Order From Berlin, 2 Items"
 
 
@@ -145,7 +145,7 @@ TITLED = "Please Refund My Order From Berlin, 2 Items"
     ("clean", ["text"], {"examples": [{"input": "jOHN", "output": "John"}], "instructions": "Fix the casing."},
      {"value": TITLED, "confidence": 0.8, "changed": True, "note": None}),
     ("match", ["text", "'refund order'"], {"instructions": "Same request?"},
-     {"match": True, "confidence": 0.4, "note": None}),
+     {"match": True, "confidence": 0.4, "note": None, "answered_by": None}),
     ("extract", ["text", {"items": "INTEGER"}], {}, {"items": 2, "confidence": {"items": 0.6}, "note": None}),
     ("entities", ["text"], {"types": ["LOC"], "max_entities": 2}, [{"text": "Berlin", "type": "LOC", "confidence": 0.55}]),
     ("enrich", ["text", "Which city?"], {"max_tokens": 16},

@@ -113,7 +113,7 @@ def is_confidence(c):
 FUNCTIONS = {  # name: (call on column t, check of an answer for text t, what a blank gives)
     "llm_classify": (f"llm_classify(t, {LABELS})",
                      lambda r, t: r["label"] in LABELS and is_confidence(r["confidence"]),
-                     {"label": None, "confidence": None, "note": "empty text"}),
+                     {"label": None, "confidence": None, "note": "empty text", "answered_by": None}),
     "llm_clean": ("llm_clean(t)",
                   lambda r, t: isinstance(r["value"], str) and is_confidence(r["confidence"])
                   and r["changed"] == (r["value"] != t),
@@ -134,7 +134,7 @@ FUNCTIONS = {  # name: (call on column t, check of an answer for text t, what a 
                    {"value": None, "confidence": None, "truncated": None, "note": "empty text"}),
     "llm_match": ("llm_match(t, 'I want my money back')",
                   lambda r, t: isinstance(r["match"], bool) and is_confidence(r["confidence"]),
-                  {"match": None, "confidence": None, "note": "empty record"}),
+                  {"match": None, "confidence": None, "note": "empty record", "answered_by": None}),
 }
 
 

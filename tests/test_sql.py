@@ -14,9 +14,9 @@ def one(con, sql, *params):
 
 def test_classify_returns_a_label_from_the_set_with_a_confidence(fake_con):
     r = one(fake_con, "SELECT llm_classify('please refund me', ['delivery', 'refund'])")
-    assert r == {"label": "refund", "confidence": pytest.approx(0.9), "note": None}
+    assert r == {"label": "refund", "confidence": pytest.approx(0.9), "note": None, "answered_by": None}
     kinds = fake_con.execute("SELECT typeof(llm_classify('x', ['a']))").fetchone()[0]
-    assert kinds == 'STRUCT("label" VARCHAR, confidence DOUBLE, note VARCHAR)'
+    assert kinds == 'STRUCT("label" VARCHAR, confidence DOUBLE, note VARCHAR, answered_by VARCHAR)'
 
 
 def test_struct_fields_are_usable_in_sql(fake_con):
@@ -29,7 +29,8 @@ def test_struct_fields_are_usable_in_sql(fake_con):
 def test_null_text_gives_null_and_empty_text_gives_a_reason(fake_con):
     rows = fake_con.execute("SELECT llm_classify(t, ['a']) FROM (VALUES (NULL), (''), ('  ')) v(t)").fetchall()
     assert rows[0][0] is None
-    assert rows[1][0] == rows[2][0] == {"label": None, "confidence": None, "note": "empty text"}
+    assert rows[1][0] == rows[2][0] == {"label": None, "confidence": None, "note": "empty text",
+                                         "answered_by": None}
 
 
 def test_options_as_struct_or_named_parameters(fake_con, fake_runtime):

@@ -40,7 +40,7 @@ def write(text, p=0.8, ended=False):
 # ---- SQL types and NULLs -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, sql_type", [
-    ("llm_match('a', 'b')", 'STRUCT("match" BOOLEAN, confidence DOUBLE, note VARCHAR)'),
+    ("llm_match('a', 'b')", 'STRUCT("match" BOOLEAN, confidence DOUBLE, note VARCHAR, answered_by VARCHAR)'),
     ("llm_enrich('a', 'What?')", "STRUCT(\"value\" VARCHAR, confidence DOUBLE, truncated BOOLEAN, note VARCHAR)"),
     ("llm_classify_multi('a', ['x', 'y'])", 'STRUCT("label" VARCHAR, confidence DOUBLE)[]'),
     ("llm_entities('a')", 'STRUCT("text" VARCHAR, "type" VARCHAR, confidence DOUBLE)[]'),
@@ -61,7 +61,8 @@ def test_extract_fills_typed_fields(fake_con):
 def test_null_inputs_give_null_and_blank_inputs_a_reason(fake_con):
     assert fake_con.execute("SELECT llm_match(NULL, 'b'), llm_match('a', NULL), llm_entities(NULL), "
                             "llm_classify_multi(NULL, ['x']), llm_enrich(NULL, 'Why?')").fetchone() == (None,) * 5
-    assert one(fake_con, "SELECT llm_match('  ', 'b')") == {"match": None, "confidence": None, "note": "empty record"}
+    assert one(fake_con, "SELECT llm_match('  ', 'b')") == {"match": None, "confidence": None, "note": "empty record",
+                                                              "answered_by": None}
     assert one(fake_con, "SELECT llm_extract('', {'a': 'VARCHAR'})") == {
         "a": None, "confidence": None, "note": "empty text"}
 

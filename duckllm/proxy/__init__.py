@@ -13,8 +13,8 @@ least 95% of the time, with 95% confidence (agreement_confidence); the model ans
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from duckllm.errors import ArgumentError
 

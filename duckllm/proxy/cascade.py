@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import sparse
@@ -109,9 +109,12 @@ class Cascade:
         for text, result in cached.items():
             if text not in known:
                 deliver(text, {**result, "answered_by": "cache"})
+        store = self._store() if keep else None
+        own = [(keys[t], t, spec.label_of(r)) for t, r in cached.items() if t not in known]
+        if store:
+            store.add(model_id, task.key, own)     # answers from before agreement was asked for
         if not todo:
             return
-        store = self._store() if keep else None
 
         def model(texts: list[str], note: str | None, answers: dict | None = None) -> None:
             """The model answers texts; each answer is delivered and kept as it finishes."""
@@ -140,10 +143,7 @@ class Cascade:
         featurize = FEATURES[spec.features]
         before = state.before
         stored = set(before.keys)
-        own = [(keys[t], t, spec.label_of(r)) for t, r in cached.items() if t not in known]
-        if store:
-            store.add(model_id, task.key, own)
-        own = [row for row in own if row[0] not in stored]
+        own = sorted(row for row in own if row[0] not in stored)
 
         first = bound.START * bound.fewest(spec.target, spec.alpha)
         labeled = len(before.keys) + len(own)

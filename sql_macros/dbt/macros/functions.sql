@@ -39,11 +39,12 @@
 {%- endmacro %}
 
 {% macro classify(text, labels, descriptions=none, instructions=none, examples=none, nearest=none,
-                  preselect=none, confidence=none, model=none, options=none) -%}
+                  preselect=none, confidence=none, model=none, options=none, agreement=none,
+                  agreement_confidence=none) -%}
   llm_classify({{ text }}, {{ duckllm._list(labels) }}{{ duckllm._named({
       'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
       'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'model': model,
-      'options': options}) }})
+      'options': options, 'agreement': agreement, 'agreement_confidence': agreement_confidence}) }})
 {%- endmacro %}
 
 {% macro classify_multi(text, labels, descriptions=none, instructions=none, threshold=none,
@@ -58,9 +59,11 @@
                                          'model': model, 'options': options}) }})
 {%- endmacro %}
 
-{% macro match(a, b, instructions=none, examples=none, model=none, options=none) -%}
+{% macro match(a, b, instructions=none, examples=none, model=none, options=none, agreement=none,
+               agreement_confidence=none) -%}
   llm_match({{ a }}, {{ b }}{{ duckllm._named({'instructions': instructions, 'examples': examples,
-                                               'model': model, 'options': options}) }})
+                                               'model': model, 'options': options, 'agreement': agreement,
+                                               'agreement_confidence': agreement_confidence}) }})
 {%- endmacro %}
 
 {#- schema: a dict of field name to DuckDB type, e.g. {'brand': 'VARCHAR', 'capacity_gb': 'INTEGER'} -#}

@@ -1,0 +1,343 @@
+"""The learned proxy (issue 18): agreement := answers what a classifier trained on the model's own
+answers is sure of, and sends the rest to the model. Unit tests on the fake runtime, which picks
+the first label a text names (tests/fakes.py): a rule the proxy can learn from n-grams."""
+import hashlib
+import random
+import threading
+
+import numpy as np
+import pytest
+from fakes import FakeRuntime
+
+from duckllm.engine import Engine, cancel
+from duckllm.engine.cache import ResultCache
+from duckllm.engine.stats import STATS
+from duckllm.errors import ArgumentError
+from duckllm.proxy import bound, cascade, sampling
+from duckllm.proxy.examples import ExampleStore
+from duckllm.tasks import classify, match
+
+LABELS = ["refund", "delivery", "account", "other"]
+WORDS = ("please help me today with my order thanks the a of card phone app login money box parcel late "
+         "again still nothing yet why how when where who week month").split()
+
+
+def column(n: int, seed: int = 0, offset: int = 0) -> list[str]:
+    """Tickets that name their label (the fake's answer), some none (the fake says 'refund')."""
+    rnd = random.Random(seed)
+    texts = []
+    for i in range(n):
+        words = rnd.sample(WORDS, 7)
+        label = rnd.choice(LABELS)
+        if label != "other" and rnd.random() < 0.9:
+            words.insert(rnd.randrange(7), label)
+        texts.append(" ".join(words) + f" #{offset + i}")
+    return texts
+
+
+def fake_answer(text: str) -> str:
+    return next((label for label in LABELS if label in text), LABELS[0])
+
+
+def engine(tmp_path, runtime=None, name="cache.sqlite") -> Engine:
+    runtime = runtime or FakeRuntime()
+    return Engine("fake", load=lambda path, fmt: runtime, cache=ResultCache(tmp_path / name))
+
+
+def agreeing(target=0.9, **options):
+    return classify.build(LABELS, {"agreement": target, **options})
+
+
+def chunks(texts, size):
+    return [texts[i:i + size] for i in range(0, len(texts), size)]
+
+
+def answered(texts, results) -> dict:
+    return {t: (r["label"], r["answered_by"], round(r["confidence"], 9)) for t, r in zip(texts, results)}
+
+
+# ---- honest samples ---------------------------------------------------------------------------
+
+def test_a_row_is_drawn_by_its_text_alone_so_a_sorted_table_is_sampled_as_a_shuffled_one():
+    texts = column(4000)
+    key = sampling.key_of(0)
+    by_label = sorted(texts, key=fake_answer)
+    drawn = {t for t in by_label if sampling.draw(key, t) < 0.1}
+    assert drawn == {t for t in texts if sampling.draw(key, t) < 0.1}
+    share = {label: sum(fake_answer(t) == label for t in drawn) / len(drawn) for label in LABELS}
+    column_share = {label: sum(fake_answer(t) == label for t in texts) / len(texts) for label in LABELS}
+    assert all(abs(share[label] - column_share[label]) < 0.05 for label in LABELS)
+    assert 0.08 < len(drawn) / len(texts) < 0.12
+    assert {t for t in texts if sampling.draw(sampling.key_of(1), t) < 0.1} != drawn   # the seed matters
+
+
+def test_the_model_answers_the_same_sample_of_a_table_sorted_by_label(tmp_path):
+    texts = column(1500)
+    first_runs = []
+    for name, order in (("shuffled", texts), ("sorted", sorted(texts, key=fake_answer))):
+        runtime = FakeRuntime()
+        engine(tmp_path, runtime, f"{name}.sqlite").run(agreeing(), order)
+        first_runs.append(set(runtime.calls[0]))      # the sample goes to the model first
+    assert first_runs[0] == first_runs[1]
+    assert {fake_answer(t) for t in first_runs[0]} == {fake_answer(t) for t in texts}
+
+
+# ---- the bound ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("agreed, n, alpha, expected", [
+    (59, 59, 0.05, 0.05 ** (1 / 59)),     # all agreeing: the bound is alpha ** (1 / n)
+    (0, 10, 0.05, 0.0),
+    (95, 100, 0.05, 0.8977),              # one-sided at 95%: the beta distribution's 5% quantile
+])
+def test_clopper_pearson_lower_bound(agreed, n, alpha, expected):
+    assert bound.lower(agreed, n, alpha) == pytest.approx(expected, abs=1e-4)
+    assert bound.upper(agreed, n, alpha) >= agreed / n >= bound.lower(agreed, n, alpha)
+
+
+def test_the_fewest_rows_that_can_show_an_agreement():
+    assert bound.fewest(0.95, 0.05) == 59
+    assert bound.lower(59, 59, 0.05) >= 0.95 > bound.lower(58, 58, 0.05)
+
+
+def test_no_threshold_when_the_proxy_does_not_agree_often_enough():
+    rng = np.random.default_rng(0)
+    scores = rng.random(2000)
+    assert bound.threshold(scores, rng.random(2000) < 0.8, 0.95, 0.05) is None
+    cut = bound.threshold(scores, rng.random(2000) < scores, 0.9, 0.05)   # agreement grows with the score
+    assert cut is not None and 0.8 < cut < 0.97
+
+
+def test_the_agreement_holds_at_the_stated_confidence_over_many_draws():
+    """Agreement is P(agree | score) = score: the true agreement above a cut t is (1 + t) / 2.
+    Over 400 draws of 600 held-out rows, the chosen cut falls short of the target no more often
+    than alpha (5%) allows, with room for the draws' own noise."""
+    rng = np.random.default_rng(1)
+    short, target = 0, 0.95
+    for _ in range(400):
+        scores = rng.random(600)
+        cut = bound.threshold(scores, rng.random(600) < scores, target, 0.05)
+        short += cut is not None and (1 + cut) / 2 < target
+    assert short / 400 <= 0.05 + 0.03
+
+
+# ---- the cascade -------------------------------------------------------------------------------
+
+def test_without_agreement_answers_are_todays(tmp_path):
+    texts = column(300)
+    plain = engine(tmp_path, name="a.sqlite").run(classify.build(LABELS), texts)
+    assert all("answered_by" not in r for r in plain)
+    assert classify.build(LABELS, {"agreement": 0.95}).key == classify.build(LABELS).key   # same cache
+
+
+def test_the_proxy_answers_what_it_is_sure_of_and_agrees_with_the_model(tmp_path):
+    texts = column(3000)
+    results = []
+    for part in chunks(texts, 1000):
+        results += engine(tmp_path).run(agreeing(0.9), part, query="q")
+    by = [r["answered_by"] for r in results]
+    proxied = [(r["label"], fake_answer(t)) for t, r in zip(texts, results) if r["answered_by"] == "proxy"]
+    assert len(proxied) > 1000
+    assert sum(a == b for a, b in proxied) / len(proxied) >= 0.9
+    assert all(r["label"] == fake_answer(t) for t, r in zip(texts, results) if r["answered_by"] == "model")
+    assert all(0 <= r["confidence"] <= 1 for r in results)
+    stats = STATS.snapshot()
+    assert (stats["proxy_rows"], stats["model_rows"]) == (by.count("proxy"), by.count("model"))
+
+
+def test_the_same_query_gives_the_same_answers_whatever_the_chunk_order_and_threads(tmp_path):
+    texts = column(3000)
+    texts += texts[:40]       # rows repeated in other chunks: one may find the other's answer cached
+    parts = chunks(texts, 610)
+    first = engine(tmp_path, name="one.sqlite")
+    in_order = {}
+    for part in parts:
+        in_order.update(answered(part, first.run(agreeing(0.9), part, query="q")))
+
+    second, threaded = engine(tmp_path, name="two.sqlite"), {}
+    lock = threading.Lock()
+
+    def worker(mine):
+        for part in mine:
+            out = answered(part, second.run(agreeing(0.9), part, query="q"))
+            with lock:
+                threaded.update(out)
+    reversed_parts = parts[::-1]
+    threads = [threading.Thread(target=worker, args=(reversed_parts[i::3],)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert threaded == in_order
+    assert {by for _, by, _ in in_order.values()} == {"model", "proxy"}
+
+
+def test_a_later_query_starts_from_the_examples_stored_before(tmp_path):
+    eng = engine(tmp_path)
+    eng.run(agreeing(0.9), column(1000), query="q1")
+    first = STATS.snapshot()["model_rows"]
+    STATS.reset()
+    results = eng.run(agreeing(0.9), column(1000, seed=1, offset=10_000), query="q2")
+    stats = STATS.snapshot()
+    assert stats["proxy_rows"] > 800 and stats["model_rows"] < 200       # mostly the audit sample
+    assert ExampleStore(eng.cache).count() == first + stats["model_rows"]    # the model's answers only
+    assert sum(r["answered_by"] == "proxy" for r in results) == stats["proxy_rows"]
+
+
+def test_cached_answers_are_answered_by_the_cache_and_teach_the_proxy(tmp_path):
+    eng, texts = engine(tmp_path), column(600)
+    eng.run(classify.build(LABELS), texts)          # without agreement: cached, no examples kept
+    assert ExampleStore(eng.cache).count() == 0
+    results = eng.run(agreeing(0.9), texts)
+    assert {r["answered_by"] for r in results} == {"cache"}
+    assert ExampleStore(eng.cache).count() == 600
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+def test_a_label_set_of_one_needs_no_model(tmp_path):
+    runtime = FakeRuntime()
+    results = engine(tmp_path, runtime).run(classify.build(["only"], {"agreement": 0.95}), ["a", "b"])
+    assert [(r["label"], r["confidence"], r["answered_by"]) for r in results] == [("only", 1.0, "proxy")] * 2
+    assert runtime.calls == []
+
+
+def test_nulls_and_blanks_are_answered_as_without_agreement(tmp_path):
+    results = engine(tmp_path).run(agreeing(), [None, "  ", "refund me"])
+    assert results[0] is None
+    assert results[1] == {"label": None, "confidence": None, "note": "empty text"}
+    assert results[2]["answered_by"] == "model"
+
+
+def test_a_column_too_small_for_any_sample_goes_to_the_model_and_says_so(tmp_path):
+    texts = column(80)
+    results = engine(tmp_path).run(agreeing(0.95), texts)
+    assert {r["answered_by"] for r in results} == {"model"}
+    assert all("too few for a proxy" in r["note"] for r in results)
+    assert [r["label"] for r in results] == [fake_answer(t) for t in texts]
+
+
+class HashRuntime(FakeRuntime):
+    """Answers by a hash of the text: nothing in the text tells the answer."""
+    @staticmethod
+    def answer(step, text, used):
+        choice = FakeRuntime.answer(step, "", used)
+        choice.index = hashlib.sha256(text.encode()).digest()[0] % len(step.options)
+        return choice
+
+
+def test_a_proxy_that_cannot_reach_the_target_leaves_every_row_to_the_model(tmp_path):
+    results = engine(tmp_path, HashRuntime()).run(agreeing(0.95), column(1500))
+    assert {r["answered_by"] for r in results} == {"model"}
+    noted = [r["note"] for r in results if r["note"]]
+    assert noted and all("did not show 0.95 agreement at 0.95 confidence" in n for n in noted)
+
+
+class StopsAfter(FakeRuntime):
+    """Ctrl-C after `rows` finished rows: the next decode step raises Cancelled."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.left = rows
+
+    def answered(self, i, answer, on_done):
+        if self.left == 0:
+            raise cancel.Cancelled("cancelled")
+        self.left -= 1
+        super().answered(i, answer, on_done)
+
+
+def test_an_interrupted_query_keeps_the_models_answers_and_the_next_retrains_from_them(tmp_path):
+    texts = column(1200)
+    eng = engine(tmp_path, StopsAfter(100))
+    with pytest.raises(cancel.Cancelled):
+        eng.run(agreeing(0.9), texts, query="q1")
+    store = ExampleStore(eng.cache)
+    assert store.count() == 100 == sum(n for _, n in eng.cache.stats())
+    runtime = FakeRuntime()
+    again = Engine("fake", load=lambda path, fmt: runtime, cache=eng.cache)
+    results = again.run(agreeing(0.9), texts, query="q2")
+    assert sum(r["answered_by"] == "cache" for r in results) == 100
+    assert all(t not in sum(runtime.calls, []) for t, r in zip(texts, results) if r["answered_by"] == "cache")
+    fresh = engine(tmp_path, name="fresh.sqlite").run(agreeing(0.9), texts, query="q")
+    assert [r["label"] for r in results if r["answered_by"] != "proxy"] == \
+           [fake_answer(t) for t, r in zip(texts, results) if r["answered_by"] != "proxy"]
+    assert sum(r["answered_by"] == "proxy" for r in fresh) > 0
+
+
+def test_clearing_the_cache_clears_the_examples(tmp_path):
+    eng = engine(tmp_path)
+    eng.run(agreeing(0.9), column(100))       # too few for a proxy: the model answers all
+    assert ExampleStore(eng.cache).count() == 100
+    eng.cache.clear()
+    assert ExampleStore(eng.cache).count() == 0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"agreement": 1.0}, "agreement must be a number from 0.5 to below 1, such as 0.95, got 1.0"),
+    ({"agreement": 0.3}, "agreement must be a number from 0.5 to below 1"),
+    ({"agreement": "high"}, "agreement must be a number from 0.5 to below 1"),
+    ({"agreement": 0.9, "agreement_confidence": 1}, "agreement_confidence must be a number from 0.5 to below 1"),
+    ({"agreement_confidence": 0.9}, "agreement_confidence goes with agreement; pass both"),
+])
+def test_bad_agreement_options_are_named(options, message):
+    with pytest.raises(ArgumentError, match=message):
+        classify.build(LABELS, options)
+    with pytest.raises(ArgumentError, match=message):
+        match.build(None, options)
+
+
+# ---- llm_match and SQL -------------------------------------------------------------------------
+
+def test_llm_match_with_agreement(tmp_path):
+    rnd = random.Random(3)
+    pairs = []
+    for i in range(1500):
+        a = " ".join(rnd.sample(WORDS, 5)) + f" {i}"
+        b = a if rnd.random() < 0.4 else " ".join(rnd.sample(WORDS, 5)) + f" {i + 1}"
+        pairs.append(match.pair(a + (" yes" if rnd.random() < 0.5 else ""), b))
+    results = engine(tmp_path).run(match.build(None, {"agreement": 0.9}), pairs)
+    models = engine(tmp_path, name="plain.sqlite").run(match.build(), pairs)
+    proxied = [(r["match"], m["match"]) for m, r in zip(models, results) if r["answered_by"] == "proxy"]
+    assert len(proxied) > 300
+    assert sum(a == b for a, b in proxied) / len(proxied) >= 0.9
+
+
+def test_sql_agreement_tells_how_each_row_was_answered(fake_con):
+    fake_con.execute("CREATE TABLE t AS SELECT unnest(?) AS text", [column(1200)])
+    rows = fake_con.execute(f"SELECT r.answered_by, count(*) FROM (SELECT llm_classify(text, {LABELS}, "
+                            "agreement := 0.9) AS r FROM t) GROUP BY 1 ORDER BY 1").fetchall()
+    assert [by for by, _ in rows] == ["model", "proxy"]
+    stats = dict(zip([d[0] for d in fake_con.execute("SELECT * FROM duckllm_stats()").description],
+                     fake_con.execute("SELECT * FROM duckllm_stats()").fetchone()))
+    assert [n for _, n in rows] == [stats["model_rows"], stats["proxy_rows"]]
+    assert fake_con.execute(f"SELECT llm_classify('refund me', {LABELS}).answered_by").fetchone()[0] is None
+
+
+def test_sql_same_answers_on_one_thread_or_many(tmp_path):
+    import duckdb
+
+    import duckllm
+    answers = []
+    for threads in (1, 4):
+        con = duckllm.register(duckdb.connect(), model="fake", engine=engine(tmp_path, name=f"{threads}.sqlite"))
+        con.execute(f"SET threads = {threads}")
+        con.execute("CREATE TABLE t AS SELECT unnest(?) AS text", [column(5000)])
+        answers.append(con.execute(f"SELECT text, llm_classify(text, {LABELS}, agreement := 0.9) FROM t "
+                                   "ORDER BY text").fetchall())
+    assert answers[0] == answers[1]
+
+
+def test_a_query_id_comes_with_agreement_only(fake_con):
+    seen = []
+    real = cascade.Cascade.run
+
+    def spy(self, task, todo, keys, cached, deliver, compute, model_id, query=None, **kw):
+        seen.append(query)
+        return real(self, task, todo, keys, cached, deliver, compute, model_id, query=query, **kw)
+    cascade.Cascade.run = spy
+    try:
+        fake_con.execute(f"SELECT llm_classify('refund me', {LABELS}, agreement := 0.9)").fetchall()
+        fake_con.execute(f"SELECT llm_classify('refund you', {LABELS}, agreement := 0.9)").fetchall()
+    finally:
+        cascade.Cascade.run = real
+    assert len(seen) == 2 and seen[0] != seen[1] and all(seen)
