@@ -18,8 +18,9 @@ from duckllm.proxy.examples import ExampleStore
 from duckllm.tasks import classify, match
 
 LABELS = ["refund", "delivery", "account", "other"]
-WORDS = ("please help me today with my order thanks the a of card phone app login money box parcel late "
-         "again still nothing yet why how when where who week month").split()
+WORDS = ["please", "help", "me", "today", "with", "my", "order", "thanks", "the", "a", "of", "card", "phone",
+         "app", "login", "money", "box", "parcel", "late", "again", "still", "nothing", "yet", "why", "how",
+         "when", "where", "who", "week", "month"]
 
 
 def column(n: int, seed: int = 0, offset: int = 0) -> list[str]:
@@ -257,11 +258,10 @@ def test_an_interrupted_query_keeps_the_models_answers_and_the_next_retrains_fro
     again = Engine("fake", load=lambda path, fmt: runtime, cache=eng.cache)
     results = again.run(agreeing(0.9), texts, query="q2")
     assert sum(r["answered_by"] == "cache" for r in results) == 100
-    assert all(t not in sum(runtime.calls, []) for t, r in zip(texts, results) if r["answered_by"] == "cache")
-    fresh = engine(tmp_path, name="fresh.sqlite").run(agreeing(0.9), texts, query="q")
-    assert [r["label"] for r in results if r["answered_by"] != "proxy"] == \
-           [fake_answer(t) for t, r in zip(texts, results) if r["answered_by"] != "proxy"]
-    assert sum(r["answered_by"] == "proxy" for r in fresh) > 0
+    asked = {t for call in runtime.calls for t in call}
+    assert not any(t in asked for t, r in zip(texts, results) if r["answered_by"] == "cache")
+    assert all(r["label"] == fake_answer(t) for t, r in zip(texts, results) if r["answered_by"] != "proxy")
+    assert any(r["answered_by"] == "proxy" for r in results)
 
 
 def test_clearing_the_cache_clears_the_examples(tmp_path):
