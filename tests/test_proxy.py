@@ -4,6 +4,7 @@ the first label a text names (tests/fakes.py): a rule the proxy can learn from n
 import hashlib
 import random
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,20 +149,17 @@ def test_the_proxy_answers_what_it_is_sure_of_and_agrees_with_the_model(tmp_path
 def test_the_same_query_gives_the_same_answers_whatever_the_chunk_order_and_threads(tmp_path):
     texts = column(3000)
     texts += texts[:40]       # rows repeated in other chunks: one may find the other's answer cached
-    parts = chunks(texts, 610)
+    parts = list(enumerate(chunks(texts, 610)))
     first = engine(tmp_path, name="one.sqlite")
     in_order = {}
-    for part in parts:
-        in_order.update(answered(part, first.run(agreeing(0.9), part, query="q")))
+    for i, part in parts:
+        in_order[i] = answered(part, first.run(agreeing(0.9), part, query="q"))
 
     second, threaded = engine(tmp_path, name="two.sqlite"), {}
-    lock = threading.Lock()
 
     def worker(mine):
-        for part in mine:
-            out = answered(part, second.run(agreeing(0.9), part, query="q"))
-            with lock:
-                threaded.update(out)
+        for i, part in mine:
+            threaded[i] = answered(part, second.run(agreeing(0.9), part, query="q"))
     reversed_parts = parts[::-1]
     threads = [threading.Thread(target=worker, args=(reversed_parts[i::3],)) for i in range(3)]
     for t in threads:
@@ -169,7 +167,7 @@ def test_the_same_query_gives_the_same_answers_whatever_the_chunk_order_and_thre
     for t in threads:
         t.join()
     assert threaded == in_order
-    assert {by for _, by, _ in in_order.values()} == {"model", "proxy"}
+    assert {by for part in in_order.values() for _, by, _ in part.values()} == {"model", "proxy"}
 
 
 def test_a_later_query_starts_from_the_examples_stored_before(tmp_path):
@@ -341,3 +339,26 @@ def test_a_query_id_comes_with_agreement_only(fake_con):
     finally:
         cascade.Cascade.run = real
     assert len(seen) == 2 and seen[0] != seen[1] and all(seen)
+
+
+# ---- the real small model ----------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_sql_agreement_on_the_real_model(small_con, tmp_path):
+    """Through SQL on the real small model: a column too small for a proxy goes to the model,
+    says so and gives the model's own labels; asked again, the cache answers, and the answers
+    kept beside it are the proxy's examples."""
+    tickets = f"read_csv('{Path(__file__).parent / 'fixtures' / 'tickets.csv'}')"
+    query = f"SELECT id, llm_classify(text, {LABELS}{{}}) AS r FROM {tickets} WHERE text IS NOT NULL ORDER BY id"
+    plain = small_con.execute(query.format("")).fetchall()
+    small_con.execute("SET VARIABLE duckllm_cache = false")
+    agreed = small_con.execute(query.format(", agreement := 0.95")).fetchall()
+    assert [r["label"] for _, r in agreed] == [r["label"] for _, r in plain]
+    assert all(r["answered_by"] == "model" and "too few for a proxy" in r["note"] for _, r in agreed)
+    small_con.execute("SET VARIABLE duckllm_cache = true")
+    again = small_con.execute(query.format(", agreement := 0.95")).fetchall()
+    assert [(r["label"], r["answered_by"]) for _, r in again] == [(r["label"], "cache") for _, r in plain]
+    assert ExampleStore(ResultCache()).count() == len(plain)
+    one = small_con.execute(f"SELECT llm_classify(text, ['refund'], agreement := 0.9) FROM {tickets} "
+                            "WHERE text IS NOT NULL").fetchall()
+    assert {(r["label"], r["answered_by"]) for r, in one} == {("refund", "proxy")}

@@ -33,7 +33,8 @@ from duckllm.proxy.examples import ExampleStore
 from duckllm.proxy.features import FEATURES
 
 AUDIT = 0.05          # the least share of a call's new rows the model answers, to audit the proxy
-WANT = 2              # a call tops its labeled rows up to WANT x the rows the bound tests first
+WANT = 2              # a call's first look wants WANT x the rows the bound tests first, labeled
+LOOKS = 4             # looks at a growing sample, each with the labeled rows doubled
 KEEP_QUERIES = 16     # query marks and their examples' features kept in memory
 
 TOO_FEW = ("agreement: {rows} rows are too few for a proxy, which needs the model's answers to at least "
@@ -145,25 +146,36 @@ class Cascade:
         stored = set(before.keys)
         own = sorted(row for row in own if row[0] not in stored)
 
-        first = bound.START * bound.fewest(spec.target, spec.alpha)
         labeled = len(before.keys) + len(own)
-        rate = min(1.0, max(AUDIT, (WANT * first - labeled) / len(todo)))
         hash_key = sampling.key_of(spec.seed)
         draws = {t: sampling.draw(hash_key, t) for t in todo}
-        sample = [t for t in todo if draws[t] < rate]
-        rest = [t for t in todo if draws[t] >= rate]
-        if labeled + len(todo) < first or not rest:
-            model(todo, TOO_FEW.format(rows=f"{labeled + len(todo):,}", need=f"{first:,}"))
-            return
-
+        first = bound.START * bound.fewest(spec.target, _alpha(spec, 0))
+        # Looks: the sample grows (twice the labeled rows each time) until the proxy shows the
+        # target or the whole call has gone to the model. Each look spends its own share of
+        # alpha, so stopping at the first that passes keeps the stated confidence.
         answers: dict[str, str] = {}
-        model(sample, None, answers)
-        mine = _labeled(sorted(own + [(keys[t], t, answers[t]) for t in sample]), featurize)
-        pool = _joined(before, mine)
-        folds = np.array([sampling.fold(hash_key, t, classifier.FOLDS) for t in pool.texts])
-        fitted = classifier.fit(pool.X, pool.labels, folds, spec.target, spec.alpha)
+        goal = max(WANT * first, labeled + AUDIT * len(todo))
+        rate, fitted = 0.0, None
+        for look in range(LOOKS):
+            low, rate = rate, min(1.0, max(AUDIT, (goal * 2 ** look - labeled) / len(todo)))
+            drawn = [t for t in todo if low <= draws[t] < rate]
+            if rate >= 1.0:     # no rows would be left for the proxy: the model answers them all
+                note = (TOO_FEW.format(rows=f"{labeled + len(todo):,}", need=f"{round(goal):,}") if fitted is None
+                        else NOT_REACHED.format(n=f"{len(fitted.held_out_scores):,}", target=spec.target,
+                                                confidence=spec.confidence))
+                model(drawn, note)
+                return
+            model(drawn, None, answers)
+            sampled = [(keys[t], t, answers[t]) for t in todo if draws[t] < rate]
+            pool = _joined(before, _labeled(sorted(own + sampled), featurize))
+            folds = np.array([sampling.fold(hash_key, t, classifier.FOLDS) for t in pool.texts])
+            fitted = classifier.fit(pool.X, pool.labels, folds, spec.target, _alpha(spec, look))
+            if fitted.threshold is not None:
+                break
+        rest = [t for t in todo if draws[t] >= rate]
         if fitted.threshold is None:
-            model(rest, NOT_REACHED.format(n=f"{len(pool.keys):,}", target=spec.target, confidence=spec.confidence))
+            model(rest, NOT_REACHED.format(n=f"{len(fitted.held_out_scores):,}", target=spec.target,
+                                           confidence=spec.confidence))
             return
         if before.keys and _drifted(fitted, len(before.keys), spec):
             model(rest, DRIFTED.format(target=spec.target))
@@ -180,6 +192,11 @@ class Cascade:
                 below.append(text)
         counted and counted(len(rest) - len(below))
         model(below, None)
+
+
+def _alpha(spec: Agreement, look: int) -> float:
+    """The error rate a look may spend: half of what is left, so all looks together spend alpha."""
+    return spec.alpha / 2 ** (look + 1)
 
 
 def _drifted(fitted: classifier.Fitted, stored: int, spec: Agreement) -> bool:

@@ -62,4 +62,18 @@ def pair_features(texts: list[str]) -> sparse.csr_matrix:
     return sparse.hstack([similarity, _words.transform(shared), _words.transform(differing)], format="csr")
 
 
-FEATURES = {"text": text_features, "pair": pair_features}
+def embedding_features(texts: list[str]) -> sparse.csr_matrix:
+    """duckllm's sentence embedder (all-MiniLM-L6-v2), one text at a time: a batch pads its texts
+    to one length, which moves the last bits of each vector with its neighbours; alone, a row's
+    vector is its own. About 100 times the cost of the n-grams (docs/proxy.md)."""
+    from duckllm.runtime.embed import default_embedder
+    embedder = default_embedder()
+    return sparse.csr_matrix(np.vstack([embedder.encode([t]) for t in texts]))
+
+
+def text_and_embedding_features(texts: list[str]) -> sparse.csr_matrix:
+    return sparse.hstack([text_features(texts), embedding_features(texts)], format="csr")
+
+
+FEATURES = {"text": text_features, "pair": pair_features,
+            "embedding": embedding_features, "text+embedding": text_and_embedding_features}

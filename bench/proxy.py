@@ -1,0 +1,353 @@
+"""The learned proxy (issue 18) on the default model's own answers, saved once by
+bench/proxy_answers.py: how many rows it takes at each agreement target, how often it agrees with
+the model there, what that does to accuracy, and what it costs, all in one run.
+
+    python bench/proxy.py --datasets ag_news,sms_spam --targets 0.9,0.95,0.99 --seeds 10
+
+The saved rows are a random sample of the column in a random order. They are replayed through
+duckllm's engine, in chunks of 2,048 rows as DuckDB hands them over, by a runtime that answers each
+row with the model's saved answer: the proxy's every step (sampling, training, the bound, the
+example store) is the production code, and only the model's time is taken from the saved
+answers' own measurement instead of spent again. --answers gold replays the gold labels instead,
+a stand-in for a model's answers on the whole column (the proxy's cost and learning curve at a
+scale no CPU model run here reaches).
+
+Tables: (1) share, agreement with the model, accuracy and speed per target, for deterministic
+('query') and 'free' learning; (2) agreement over seeds; (3) the learning curve: the share the
+proxy takes with n stored answers; (4) features: n-grams, sentence embeddings, both; (5) what a
+100,000-row column would take.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxy_answers  # noqa: E402
+
+from duckllm.engine import Engine  # noqa: E402
+from duckllm.engine.cache import ResultCache  # noqa: E402
+from duckllm.engine.stats import STATS  # noqa: E402
+from duckllm.prompt_format import FORMATS  # noqa: E402
+from duckllm.proxy import classifier, sampling  # noqa: E402
+from duckllm.proxy.features import FEATURES  # noqa: E402
+from duckllm.runtime import Answer, Choice, Usage  # noqa: E402
+
+CHUNK = 2048            # DuckDB's vector size: the rows one UDF call gets
+GPU_ROWS_PER_S = 300    # the default model's class on the H200 (docs/gpu.md), for the cost beside it
+
+
+class Replay:
+    """A runtime that answers each row with the model's saved answer, instantly."""
+
+    def __init__(self, answers: dict[str, tuple[str, float]]):
+        self.answers = answers
+        self.format = FORMATS["chatml"]
+        self.usage = Usage()
+
+    def run(self, prompt, texts, program, answer_tokens, on_done=None, row_prefixes=None):
+        out = []
+        for i, text in enumerate(texts):
+            steps = program(i, len(text.split()))
+            pick = next(steps)
+            label, confidence = self.answers[str(text)]
+            logp = math.log(max(confidence, 1e-12))
+            try:
+                steps.send(Choice(pick.options.index(label), [logp], logp))
+            except StopIteration as stop:
+                out.append(Answer(stop.value))
+            if on_done:
+                on_done(i, out[-1])
+        return out
+
+    def describe(self):
+        return {"device": "replay"}
+
+
+@dataclasses.dataclass
+class Column:
+    name: str
+    texts: list[str]
+    gold: list[str]
+    model: list[str]                 # the model's answers (or gold, with --answers gold)
+    confidence: list[float]
+    labels: list[str]
+    model_s_per_row: float           # measured when the answers were saved
+
+
+def load(suite: Path, name: str, model: str, answers: str, rows: int | None) -> Column:
+    column, labels = proxy_answers.column(suite, name)
+    if answers == "gold":
+        saved = [{**r, "label": r["gold"], "confidence": 1.0, "seconds": float("nan")} for r in column]
+    else:
+        saved = proxy_answers.load(model, name)
+        if not saved:
+            raise SystemExit(f"no saved answers for {name}: run bench/proxy_answers.py --datasets {name} first")
+    saved = saved[:rows] if rows else saved
+    seconds = [r["seconds"] for r in saved if r["seconds"] == r["seconds"]]
+    return Column(name, [r["text"] for r in saved], [r["gold"] for r in saved], [r["label"] for r in saved],
+                  [r["confidence"] for r in saved], labels, statistics.median(seconds) if seconds else float("nan"))
+
+
+def task_for(column: Column, model: str, target: float, learning: str = "query", seed: int = 0,
+             features: str = "text"):
+    task = proxy_answers.task_for(column.name, column.labels, model, agreement=target)
+    return dataclasses.replace(task, agreement=dataclasses.replace(task.agreement, learning=learning, seed=seed,
+                                                                   features=features))
+
+
+class Memo:
+    """Features computed once per text for the whole run: the bench replays a column many times,
+    so each replay's feature time is taken from the first computation (cpu_per_row) instead."""
+
+    def __init__(self):
+        self.rows: dict[str, dict[str, int]] = {}
+        self.X: dict[str, object] = {}
+        self.cpu_per_row: dict[str, float] = {}
+
+    def prepare(self, name: str, texts: list[str]) -> None:
+        if name in self.X:
+            return
+        if name == "text+embedding":     # the two parts, each computed once
+            self.prepare("text", texts)
+            self.prepare("embedding", texts)
+            self.X[name] = sparse.hstack([self.X["text"], self.X["embedding"]], format="csr")
+            self.cpu_per_row[name] = self.cpu_per_row["text"] + self.cpu_per_row["embedding"]
+        elif name == "embedding":       # slow here: kept on disk (bench/out/proxy/embeddings)
+            self.X[name], self.cpu_per_row[name] = _embeddings(texts)
+        else:
+            cpu = time.process_time()
+            self.X[name] = ORIGINAL[name](texts)
+            self.cpu_per_row[name] = (time.process_time() - cpu) / len(texts)
+        self.rows[name] = {t: i for i, t in enumerate(texts)}
+
+    def install(self) -> None:
+        for name in list(self.X):
+            FEATURES[name] = (lambda n: lambda texts: self.X[n][[self.rows[n][t] for t in texts]])(name)
+
+
+def _embeddings(texts: list[str]):
+    """The texts' embeddings and the CPU seconds one takes; each text's computed once and kept
+    on disk (bench/out/proxy/embeddings/*.npz), as the embedder is slow on this machine."""
+    folder = proxy_answers.OUT / "embeddings"
+    known, costs = {}, []
+    for path in sorted(folder.glob("*.npz")):
+        saved = np.load(path, allow_pickle=False)
+        known.update(zip(saved["texts"].tolist(), saved["vectors"]))
+        costs.append((len(saved["texts"]), float(saved["cpu_per_row"])))
+    missing = sorted(set(texts) - set(known))
+    if missing:
+        cpu = time.process_time()
+        vectors = ORIGINAL["embedding"](missing).toarray()
+        cpu_per_row = (time.process_time() - cpu) / len(missing)
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256("\x00".join(missing).encode()).hexdigest()[:16]
+        np.savez(folder / f"{digest}.npz", texts=np.array(missing), vectors=vectors, cpu_per_row=cpu_per_row)
+        known.update(zip(missing, vectors))
+        costs.append((len(missing), cpu_per_row))
+    per_row = sum(n * c for n, c in costs) / sum(n for n, _ in costs)
+    return sparse.csr_matrix(np.vstack([known[t] for t in texts])), per_row
+
+
+MEMO = Memo()
+ORIGINAL = dict(FEATURES)
+
+
+def replay(column: Column, task) -> tuple[list[dict], float, float]:
+    """The column through the engine in DuckDB-sized chunks: results, wall and CPU seconds."""
+    runtime = Replay({t: (m, c) for t, m, c in zip(column.texts, column.model, column.confidence)})
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(task.model, load=lambda path, fmt: runtime, cache=ResultCache(Path(tmp) / "cache.sqlite"))
+        STATS.reset()
+        wall, cpu = time.perf_counter(), time.process_time()
+        results = []
+        for start in range(0, len(column.texts), CHUNK):
+            results += engine.run(task, column.texts[start:start + CHUNK], query="bench")
+        # features were memoised: add what computing them once per row costs
+        extra = MEMO.cpu_per_row.get(task.agreement.features, 0.0) * len(column.texts)
+        return results, time.perf_counter() - wall + extra, time.process_time() - cpu + extra
+
+
+def summary(column: Column, results: list[dict], cpu: float) -> dict:
+    by = np.array([r["answered_by"] for r in results])
+    labels = np.array([r["label"] for r in results], dtype=object)
+    model, gold = np.array(column.model, dtype=object), np.array(column.gold, dtype=object)
+    proxied = by == "proxy"
+    n, p = len(results), int(proxied.sum())
+    model_time = (n - p) * column.model_s_per_row + cpu
+    return {"rows": n, "proxy": p, "share": p / n,
+            "agreement": float((labels[proxied] == model[proxied]).mean()) if p else float("nan"),
+            "accuracy_model": float((model == gold).mean()), "accuracy": float((labels == gold).mean()),
+            "proxy_rows_per_s": n / cpu if cpu else float("inf"),
+            "speedup": n * column.model_s_per_row / model_time if model_time else float("nan")}
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(str(h)), *(len(_fmt(r[i])) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(_fmt(v).rjust(w) for v, w in zip(r, widths)))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def cascade_table(columns, model, targets, features) -> None:
+    rows = []
+    for column in columns:
+        for target in targets:
+            for learning, kind in [(learning, kind) for kind in features for learning in ("query", "free")]:
+                results, _, cpu = replay(column, task_for(column, model, target, learning, features=kind))
+                s = summary(column, results, cpu)
+                rows.append([column.name, target, f"{learning} {kind}", s["rows"], s["proxy"], s["share"], s["agreement"],
+                             s["accuracy_model"], s["accuracy"], s["proxy_rows_per_s"], s["speedup"]])
+    table("(1) the proxy on the model's answers, replayed in 2,048-row chunks: 'query' learns from the "
+          "examples stored when the query began and the chunk's own sample (deterministic); 'free' from "
+          "every answer stored so far (order-dependent)",
+          ["dataset", "target", "learning features", "rows", "proxy rows", "share", "agreement", "acc model",
+           "acc cascade", "proxy rows/s (cpu)", "x model alone"], rows)
+
+
+def seeds_table(columns, model, targets, seeds, features) -> None:
+    rows = []
+    for column in columns:
+        for target in targets:
+            agreements, shares = [], []
+            for seed in range(seeds):
+                results, _, cpu = replay(column, task_for(column, model, target, seed=seed, features=features))
+                s = summary(column, results, cpu)
+                shares.append(s["share"])
+                agreements.append(s["agreement"])
+            answered = [a for a in agreements if a == a]
+            below = sum(a < target for a in answered)
+            rows.append([column.name, target, seeds, len(answered), below, min(answered, default=float("nan")),
+                         statistics.mean(answered) if answered else float("nan"), statistics.mean(shares)])
+    table("(2) over seeds (which rows are sampled): runs in which the proxy answered, and in how many of "
+          "those its agreement with the model fell below the target (the stated confidence allows 5%)",
+          ["dataset", "target", "seeds", "runs with proxy", "below target", "lowest", "mean agreement",
+           "mean share"], rows)
+
+
+def learning_curve(columns, targets, steps, features) -> None:
+    rows = []
+    key = sampling.key_of(0)
+    for column in columns:
+        X = FEATURES[features](column.texts)
+        folds = np.array([sampling.fold(key, t, classifier.FOLDS) for t in column.texts])
+        for n in steps:
+            if n >= len(column.texts) - 100:
+                break
+            train, rest = slice(0, n), slice(n, None)
+            row = [column.name, n]
+            for target in targets:
+                fitted = classifier.fit(X[train], column.model[train], folds[train], target, 0.05)
+                if fitted.threshold is None:
+                    row += [0.0, float("nan")]
+                    continue
+                labels, scores = fitted.scores(X[rest], folds[rest])
+                above = scores >= fitted.threshold
+                agree = np.array(labels, dtype=object)[above] == np.array(column.model[rest], dtype=object)[above]
+                row += [float(above.mean()), float(agree.mean()) if above.any() else float("nan")]
+            rows.append(row)
+    table("(3) learning curve: the share of new rows the proxy takes, and its agreement there, after n of "
+          f"the model's answers ({features} features, cross-fitted, the production bound)",
+          ["dataset", "n answers", *[f"{h} {t}" for t in targets for h in ("share", "agree")]], rows)
+
+
+def features_table(columns, n_train: int, target: float) -> None:
+    rows = []
+    key = sampling.key_of(0)
+    for column in columns:
+        n = min(n_train, len(column.texts) // 2)
+        folds = np.array([sampling.fold(key, t, classifier.FOLDS) for t in column.texts])
+        for name in ("text", "embedding", "text+embedding"):
+            X = FEATURES[name](column.texts)
+            cpu = time.process_time()
+            fitted = classifier.fit(X[:n], column.model[:n], folds[:n], target, 0.05)
+            labels, scores = fitted.scores(X[n:], folds[n:])
+            cpu = time.process_time() - cpu + MEMO.cpu_per_row[name] * len(column.texts)
+            agree = np.array(labels, dtype=object) == np.array(column.model[n:], dtype=object)
+            above = scores >= fitted.threshold if fitted.threshold is not None else np.zeros(len(scores), bool)
+            rows.append([column.name, name, n, float(agree.mean()), float(above.mean()),
+                         float(agree[above].mean()) if above.any() else float("nan"),
+                         1 / MEMO.cpu_per_row[name], len(column.texts) / cpu])
+    table(f"(4) features: the proxy's agreement with the model on new rows after {n_train} answers, the share "
+          f"it takes at {target}, and its cost (CPU time: features alone, and features + training on "
+          f"{n_train} + prediction for the column)",
+          ["dataset", "features", "trained on", "agreement", f"share {target}", "agreement there",
+           "features rows/s", "all rows/s"], rows)
+
+
+def projection(columns, model, targets, total: int, features: str) -> None:
+    rows = []
+    for column in columns:
+        for target in targets:
+            for learning in ("query", "free"):
+                results, _, cpu = replay(column, task_for(column, model, target, learning, features=features))
+                s = summary(column, results, cpu)
+                # beyond the replayed column, a deterministic query's chunks each learn alone, as the
+                # replayed ones did; a free one keeps the share its last chunk reached
+                chunk_shares = [np.mean([r["answered_by"] == "proxy" for r in results[i:i + CHUNK]])
+                                for i in range(0, len(results), CHUNK)]
+                later = chunk_shares[-1] if learning == "free" else s["share"]
+                proxied = s["proxy"] + later * max(0, total - s["rows"])
+                per_row_proxy = cpu / s["rows"]
+                hours = ((total - proxied) * column.model_s_per_row + total * per_row_proxy) / 3600
+                alone = total * column.model_s_per_row / 3600
+                rows.append([column.name, target, learning, later, alone, hours, alone / hours,
+                             GPU_ROWS_PER_S * per_row_proxy])
+    table(f"(5) a {total:,}-row column like it, {features} features, from the measured shares and rates (model {', '.join(f'{c.name} {1 / c.model_s_per_row:.2f} rows/s' for c in columns)}); "
+          f"the last column: the proxy's CPU seconds per second of a GPU model at {GPU_ROWS_PER_S} rows/s",
+          ["dataset", "target", "learning", "share later", "model alone h", "cascade h", "x", "proxy s per GPU s"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="ag_news,sms_spam")
+    parser.add_argument("--model", default=proxy_answers.DEFAULT_MODEL)
+    parser.add_argument("--answers", choices=("model", "gold"), default="model")
+    parser.add_argument("--rows", type=int, help="the first N saved rows only")
+    parser.add_argument("--targets", default="0.9,0.95,0.99")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--model-rows-per-s", type=float, help="instead of the rate measured when saving")
+    parser.add_argument("--projection", type=int, default=100_000)
+    parser.add_argument("--skip", default="", help="tables to leave out, e.g. 2,4")
+    parser.add_argument("--features", default="text,text+embedding",
+                        help="the proxy's features to compare in (1); the first is used for (2), (3) and (5)")
+    parser.add_argument("--suite", type=Path, default=proxy_answers.DEFAULT_SUITE)
+    args = parser.parse_args()
+    targets = [float(t) for t in args.targets.split(",")]
+    columns = [load(args.suite, name, args.model, args.answers, args.rows) for name in args.datasets.split(",")]
+    for c in columns:
+        if args.model_rows_per_s:
+            c.model_s_per_row = 1 / args.model_rows_per_s
+        print(f"{c.name}: {len(c.texts):,} rows ({args.answers} answers), model accuracy "
+              f"{np.mean(np.array(c.model) == np.array(c.gold)):.3f}, model {1 / c.model_s_per_row:.2f} rows/s")
+    skip = set(args.skip.split(","))
+    features = args.features.split(",")
+    for name in features + ([] if "4" in skip else ["text", "embedding", "text+embedding"]):
+        MEMO.prepare(name, [t for c in columns for t in c.texts])
+    MEMO.install()
+    "4" in skip or features_table(columns, 400, 0.95)
+    "1" in skip or cascade_table(columns, args.model, targets, features)
+    "2" in skip or seeds_table(columns, args.model, [0.9, 0.95], args.seeds, features[0])
+    "3" in skip or learning_curve(columns, targets, [100, 200, 400, 800, 1600, 3200, 6400], features[0])
+    "5" in skip or projection(columns, args.model, [t for t in targets if t != 0.99], args.projection, features[0])
+
+
+if __name__ == "__main__":
+    main()
