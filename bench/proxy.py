@@ -33,15 +33,15 @@ import numpy as np
 from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxy_answers  # noqa: E402
+import proxy_answers
 
-from duckllm.engine import Engine  # noqa: E402
-from duckllm.engine.cache import ResultCache  # noqa: E402
-from duckllm.engine.stats import STATS  # noqa: E402
-from duckllm.prompt_format import FORMATS  # noqa: E402
-from duckllm.proxy import classifier, sampling  # noqa: E402
-from duckllm.proxy.features import FEATURES  # noqa: E402
-from duckllm.runtime import Answer, Choice, Usage  # noqa: E402
+from duckllm.engine import Engine
+from duckllm.engine.cache import ResultCache
+from duckllm.engine.stats import STATS
+from duckllm.prompt_format import FORMATS
+from duckllm.proxy import classifier, sampling
+from duckllm.proxy.features import FEATURES
+from duckllm.runtime import Answer, Choice, Usage
 
 CHUNK = 2048            # DuckDB's vector size: the rows one UDF call gets
 GPU_ROWS_PER_S = 300    # the default model's class on the H200 (docs/gpu.md), for the cost beside it
@@ -94,7 +94,7 @@ def load(suite: Path, name: str, model: str, answers: str, rows: int | None) -> 
         if not saved:
             raise SystemExit(f"no saved answers for {name}: run bench/proxy_answers.py --datasets {name} first")
     saved = saved[:rows] if rows else saved
-    seconds = [r["seconds"] for r in saved if r["seconds"] == r["seconds"]]
+    seconds = [r["seconds"] for r in saved if not math.isnan(r["seconds"])]
     return Column(name, [r["text"] for r in saved], [r["gold"] for r in saved], [r["label"] for r in saved],
                   [r["confidence"] for r in saved], labels, statistics.median(seconds) if seconds else float("nan"))
 
@@ -133,7 +133,10 @@ class Memo:
 
     def install(self) -> None:
         for name in list(self.X):
-            FEATURES[name] = (lambda n: lambda texts: self.X[n][[self.rows[n][t] for t in texts]])(name)
+            FEATURES[name] = self._lookup(name)
+
+    def _lookup(self, name: str):
+        return lambda texts: self.X[name][[self.rows[name][t] for t in texts]]
 
 
 def _embeddings(texts: list[str]):
@@ -202,7 +205,7 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return "-" if value != value else f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+        return "-" if math.isnan(value) else f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -232,7 +235,7 @@ def seeds_table(columns, model, targets, seeds, features) -> None:
                 s = summary(column, results, cpu)
                 shares.append(s["share"])
                 agreements.append(s["agreement"])
-            answered = [a for a in agreements if a == a]
+            answered = [a for a in agreements if not math.isnan(a)]
             below = sum(a < target for a in answered)
             rows.append([column.name, target, seeds, len(answered), below, min(answered, default=float("nan")),
                          statistics.mean(answered) if answered else float("nan"), statistics.mean(shares)])

@@ -40,11 +40,11 @@ def column(suite_dir: Path, name: str) -> tuple[list[dict], list[str]]:
     return rows, suite.labels_of(suite_dir, spec)
 
 
-def task_for(name: str, labels: list[str], model: str):
-    options = {"model": model}
+def task_for(name: str, labels: list[str], model: str, **options):
+    """llm_classify as the suite asks it of this dataset (sms_spam's labels get descriptions)."""
     if name in DESCRIPTIONS:
         options["descriptions"] = DESCRIPTIONS[name]
-    return classify.build(labels, options)
+    return classify.build(labels, {"model": model, **options})
 
 
 def saved_path(model: str, name: str) -> Path:

@@ -14,7 +14,7 @@ from duckllm.engine import Engine, cancel
 from duckllm.engine.cache import ResultCache
 from duckllm.engine.stats import STATS
 from duckllm.errors import ArgumentError
-from duckllm.proxy import bound, cascade, sampling
+from duckllm.proxy import bound, cascade, features, sampling
 from duckllm.proxy.examples import ExampleStore
 from duckllm.tasks import classify, match
 
@@ -22,6 +22,14 @@ LABELS = ["refund", "delivery", "account", "other"]
 WORDS = ["please", "help", "me", "today", "with", "my", "order", "thanks", "the", "a", "of", "card", "phone",
          "app", "login", "money", "box", "parcel", "late", "again", "still", "nothing", "yet", "why", "how",
          "when", "where", "who", "week", "month"]
+
+
+@pytest.fixture(autouse=True)
+def _ngrams_for_embeddings(monkeypatch, request):
+    """Unit tests are about the cascade: they give it the n-grams (instant) in place of the
+    sentence embedder (a real model, tested with the integration tests)."""
+    if "integration" not in request.keywords:
+        monkeypatch.setitem(features.FEATURES, "embedding", features.text_features)
 
 
 def column(n: int, seed: int = 0, offset: int = 0) -> list[str]:
@@ -362,3 +370,22 @@ def test_sql_agreement_on_the_real_model(small_con, tmp_path):
     one = small_con.execute(f"SELECT llm_classify(text, ['refund'], agreement := 0.9) FROM {tickets} "
                             "WHERE text IS NOT NULL").fetchall()
     assert {(r["label"], r["answered_by"]) for r, in one} == {("refund", "proxy")}
+
+
+@pytest.mark.integration
+def test_a_rows_embedding_is_its_own_whatever_its_neighbours():
+    texts = column(40)
+    alone = [features.embedding_features([t]).toarray()[0] for t in texts]
+    together = features.embedding_features(texts[::-1]).toarray()[::-1]
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
+def test_cache_stats_counts_the_examples_and_clear_removes_them(tmp_path):
+    from click.testing import CliRunner
+
+    from duckllm.cli.commands import main
+    Engine("fake", load=lambda path, fmt: FakeRuntime(), cache=ResultCache()).run(agreeing(0.9), column(100))
+    stats = CliRunner().invoke(main, ["cache", "stats"]).output
+    assert "proxy examples" in stats and "100 answers" in stats
+    assert "removed 100 cached results" in CliRunner().invoke(main, ["cache", "clear"]).output
+    assert "proxy examples" not in CliRunner().invoke(main, ["cache", "stats"]).output

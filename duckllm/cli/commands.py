@@ -213,6 +213,10 @@ def cache_stats():
     for function, n in rows:
         click.echo(f"{function:20} {n:>10,} results")
     click.echo(f"{'total':20} {sum(n for _, n in rows):>10,} results")
+    from duckllm.proxy.examples import ExampleStore
+    examples = ExampleStore(store_).count()
+    if examples:        # the model's answers kept for agreement := (docs/proxy.md); clear removes them too
+        click.echo(f"{'proxy examples':20} {examples:>10,} answers")
 
 
 @cache.command("clear")

@@ -7,8 +7,12 @@ features beside the n-grams its records share and do not share.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import sparse
@@ -62,13 +66,43 @@ def pair_features(texts: list[str]) -> sparse.csr_matrix:
     return sparse.hstack([similarity, _words.transform(shared), _words.transform(differing)], format="csr")
 
 
+_limit = threading.Lock()
+_users = 0
+_limiter = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS on one thread while any proxy embedding runs. The limit is process-wide, so it is
+    set by the first user and lifted by the last, never by one while another still counts on it."""
+    global _users, _limiter
+    from threadpoolctl import threadpool_limits
+    with _limit:
+        if _users == 0:
+            _limiter = threadpool_limits(1)
+        _users += 1
+    try:
+        yield
+    finally:
+        with _limit:
+            _users -= 1
+            if _users == 0:
+                _limiter.restore_original_limits()
+
+
 def embedding_features(texts: list[str]) -> sparse.csr_matrix:
-    """duckllm's sentence embedder (all-MiniLM-L6-v2), one text at a time: a batch pads its texts
-    to one length, which moves the last bits of each vector with its neighbours; alone, a row's
-    vector is its own. About 100 times the cost of the n-grams (docs/proxy.md)."""
+    """duckllm's sentence embedder (all-MiniLM-L6-v2), each text alone on one BLAS thread: a
+    batch's shape, and the number of threads splitting a product, each move the last bits of a
+    vector; alone on one thread, a row's vector is its own. That is also faster here than a
+    padded batch or several threads spinning on small products; the texts are shared among the
+    cores instead (docs/proxy.md)."""
     from duckllm.runtime.embed import default_embedder
     embedder = default_embedder()
-    return sparse.csr_matrix(np.vstack([embedder.encode([t]) for t in texts]))
+    if not texts:
+        return sparse.csr_matrix((0, 384))
+    with _one_blas_thread(), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        vectors = list(pool.map(lambda text: embedder.encode([text])[0], texts))
+    return sparse.csr_matrix(np.vstack(vectors))
 
 
 def text_and_embedding_features(texts: list[str]) -> sparse.csr_matrix:
