@@ -35,7 +35,7 @@ from duckllm.proxy.features import FEATURES
 AUDIT = 0.05          # the least share of a call's new rows the model answers, to audit the proxy
 WANT = 2              # a call's first look wants WANT x the rows the bound tests first, labeled
 LOOKS = 4             # looks at a growing sample, each with the labeled rows doubled
-KEEP_QUERIES = 16     # query marks and their examples' features kept in memory
+KEEP_QUERIES = 4      # queries whose stored examples (and their features) are kept in memory
 
 TOO_FEW = ("agreement: {rows} rows are too few for a proxy, which needs the model's answers to at least "
            "{need} first; the model answered every row")

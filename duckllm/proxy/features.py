@@ -69,6 +69,10 @@ def pair_features(texts: list[str]) -> sparse.csr_matrix:
 _limit = threading.Lock()
 _users = 0
 _limiter = None
+# A query embeds the examples stored before it once; the next query in the process finds them
+# here (1.5 KB each; the oldest go first). A text's vector is the same whenever it is computed.
+KEEP_EMBEDDED = 50_000
+_embedded: dict[str, np.ndarray] = {}
 
 
 @contextlib.contextmanager
@@ -96,13 +100,22 @@ def embedding_features(texts: list[str]) -> sparse.csr_matrix:
     vector; alone on one thread, a row's vector is its own. That is also faster here than a
     padded batch or several threads spinning on small products; the texts are shared among the
     cores instead (docs/proxy.md)."""
-    from duckllm.runtime.embed import default_embedder
+    from duckllm.runtime.embed import DIM, default_embedder
     embedder = default_embedder()
     if not texts:
-        return sparse.csr_matrix((0, 384))
-    with _one_blas_thread(), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        vectors = list(pool.map(lambda text: embedder.encode([text])[0], texts))
-    return sparse.csr_matrix(np.vstack(vectors))
+        return sparse.csr_matrix((0, DIM), dtype=np.float32)
+    with _limit:
+        vectors = {t: _embedded[t] for t in texts if t in _embedded}
+    missing = [t for t in dict.fromkeys(texts) if t not in vectors]
+    if missing:
+        with _one_blas_thread(), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            new = dict(zip(missing, pool.map(lambda text: embedder.encode([text])[0], missing)))
+        vectors.update(new)
+        with _limit:
+            _embedded.update(new)
+            while len(_embedded) > KEEP_EMBEDDED:
+                del _embedded[next(iter(_embedded))]
+    return sparse.csr_matrix(np.vstack([vectors[t] for t in texts]))
 
 
 def text_and_embedding_features(texts: list[str]) -> sparse.csr_matrix:
