@@ -12,6 +12,7 @@ import duckdb
 import duckllm
 from duckllm import store
 from duckllm.cli import output, session
+from duckllm.engine import Engine
 from duckllm.settings import Settings
 from duckllm.store import catalog
 
@@ -31,8 +32,7 @@ def _connect(db: str | None, settings: Settings) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _engine(settings: Settings):
-    from duckllm.engine import Engine
+def _engine(settings: Settings) -> Engine:
     return Engine(settings.model)    # TODO(issue 16): Engine(settings=settings) once the engine takes Settings
 
 
