@@ -2,15 +2,13 @@
 inputs and cached answers, estimates from this machine's speed, and asking before a long query."""
 import io
 
-import click
 import duckdb
 import pytest
 import sqlglot
 from fakes import FakeRuntime
 
 import duckllm
-from duckllm.cli import commands as cli
-from duckllm.cli import output
+from duckllm.cli import output, session
 from duckllm.engine import Engine, cache, speed
 from duckllm.prompt_format import FORMATS
 from duckllm.sql import explain
@@ -113,16 +111,18 @@ def test_the_table_shows_each_call_and_the_total(planned):
     assert explain.render([]) == "no llm_* calls in this query: it asks nothing of a model"
 
 
-def test_a_long_statement_is_asked_about_and_can_be_declined(planned, monkeypatch):
+def test_a_long_statement_is_asked_about_and_can_be_declined(planned, monkeypatch, capsys):
     con, engine, runtime = planned
     monkeypatch.setattr("duckllm.sql._process_engine", engine)
     asked = []
-    monkeypatch.setattr(click, "confirm", lambda *a, **k: asked.append(a) or False)
-    cli.run_statements(con, "CREATE TABLE quick AS SELECT 1; CREATE TABLE labeled AS " + QUERY,
-                       confirm=cli.ask_when_long(con, threshold=0.5))
-    assert len(asked) == 1 and runtime.calls == []            # asked about the llm statement only
+    no = lambda question: asked.append(question) or False   # noqa: E731
+    session.run_statements(con, "CREATE TABLE quick AS SELECT 1; CREATE TABLE labeled AS " + QUERY,
+                           confirm=session.ask_when_long(con, threshold=0.5, ask=no))
+    assert asked == [session.LONG_QUERY] and runtime.calls == []     # asked about the llm statement only
     assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'labeled'").fetchone()[0] == 0
-    cli.run_statements(con, "CREATE TABLE labeled AS " + QUERY, confirm=cli.ask_when_long(con, threshold=60))
+    said = capsys.readouterr().err
+    assert "total: 10 inputs to compute" in said and session.NOT_RUN in said
+    session.run_statements(con, "CREATE TABLE labeled AS " + QUERY, confirm=session.ask_when_long(con, 60, no))
     assert len(asked) == 1 and runtime.calls                  # short: run without asking
 
 
