@@ -34,6 +34,7 @@ from duckllm.engine.stats import STATS
 from duckllm.errors import ModelError
 from duckllm.prompt_format import FORMATS
 from duckllm.tasks import classify
+from duckllm.tasks.functions import DECLARATIONS
 
 LABELS = ["refund", "delivery", "account"]
 TYPES = ["PER", "ORG", "LOC", "MISC"]
@@ -110,31 +111,39 @@ def is_confidence(c):
     return c is not None and 0 <= c <= 1 and not math.isnan(c)
 
 
+def blank(function: str, schema: dict | None = None):
+    """What a blank text gives, as the function's declaration says: its blank answer (the
+    schema's fields NULL beside it), or NULL where the answer is a list."""
+    declared = next(d for d in DECLARATIONS if d.name == function)
+    return None if declared.returns == "list" else {**dict.fromkeys(schema or {}), **declared.blank}
+
+
+SCHEMA = {"item": "VARCHAR", "days": "INTEGER", "urgent": "BOOLEAN"}
 FUNCTIONS = {  # name: (call on column t, check of an answer for text t, what a blank gives)
     "llm_classify": (f"llm_classify(t, {LABELS})",
                      lambda r, t: r["label"] in LABELS and is_confidence(r["confidence"]),
-                     {"label": None, "confidence": None, "note": "empty text"}),
+                     blank("llm_classify")),
     "llm_clean": ("llm_clean(t)",
                   lambda r, t: isinstance(r["value"], str) and is_confidence(r["confidence"])
                   and r["changed"] == (r["value"] != t),
-                  {"value": None, "confidence": None, "changed": None, "note": "empty text"}),
-    "llm_extract": ("llm_extract(t, {'item': 'VARCHAR', 'days': 'INTEGER', 'urgent': 'BOOLEAN'})",
+                  blank("llm_clean")),
+    "llm_extract": (f"llm_extract(t, {SCHEMA})",
                     lambda r, t: (r["days"] is None or isinstance(r["days"], int)) and r["urgent"] in (True, False, None)
                     and all(c is None or is_confidence(c) for c in r["confidence"].values()),
-                    {"item": None, "days": None, "urgent": None, "confidence": None, "note": "empty text"}),
+                    blank("llm_extract", SCHEMA)),
     "llm_entities": ("llm_entities(t)",
                      lambda r, t: all(e["type"] in TYPES and e["text"].strip() in t and is_confidence(e["confidence"])
                                       for e in r),
-                     None),
+                     blank("llm_entities")),
     "llm_classify_multi": (f"llm_classify_multi(t, {LABELS})",
                            lambda r, t: all(x["label"] in LABELS and is_confidence(x["confidence"]) for x in r),
-                           None),
+                           blank("llm_classify_multi")),
     "llm_enrich": ("llm_enrich(t, 'What does the customer want?', max_tokens := 8)",
                    lambda r, t: isinstance(r["value"], str) and is_confidence(r["confidence"]),
-                   {"value": None, "confidence": None, "truncated": None, "note": "empty text"}),
+                   blank("llm_enrich")),
     "llm_match": ("llm_match(t, 'I want my money back')",
                   lambda r, t: isinstance(r["match"], bool) and is_confidence(r["confidence"]),
-                  {"match": None, "confidence": None, "note": "empty record"}),
+                  blank("llm_match")),
 }
 
 

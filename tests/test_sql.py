@@ -39,6 +39,15 @@ def test_options_as_struct_or_named_parameters(fake_con, fake_runtime):
     assert fake_runtime.calls == [["x"], ["y"], ["z"]]
 
 
+def test_the_options_struct_counts_where_no_named_parameter_is_given(fake_con):
+    """The fake answers yes to each label with 0.4: a threshold of 0.3 keeps both labels."""
+    call = "SELECT len(llm_classify_multi('x', ['a', 'b'], {})) FROM range(1)"
+    assert one(fake_con, call.format("threshold := 0.3")) == 2
+    assert one(fake_con, call.format("options := {'threshold': 0.3}")) == 2
+    assert one(fake_con, call.format("threshold := 0.5, options := {'threshold': 0.3}")) == 0   # the named one wins
+    assert one(fake_con, call.format("options := {'threshold': 0.3, 'model': NULL}")) == 2
+
+
 def test_labels_may_differ_per_row(fake_con):
     rows = fake_con.execute("""SELECT llm_classify(t, l).label FROM (VALUES ('cat', ['dog', 'cat']),
                                ('red', ['red', 'blue'])) v(t, l)""").fetchall()

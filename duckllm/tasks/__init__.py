@@ -42,7 +42,9 @@ def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> d
     nested = given.pop("options", None) or {}
     if not isinstance(nested, dict):
         raise ArgumentError(f"{function}: options must be a STRUCT such as {{'instructions': '...'}}, got {nested!r}")
-    merged = {k: v for k, v in {**nested, **given}.items() if v is not None}
+    # a named parameter left NULL (the macro passes them all) must not hide the STRUCT's value
+    named = {k: v for k, v in given.items() if v is not None}
+    merged = {k: v for k, v in {**nested, **named}.items() if v is not None}
     unknown = sorted(set(merged) - allowed)
     if unknown:
         raise ArgumentError(f"{function}: unknown option {unknown[0]!r}; the options are {', '.join(sorted(allowed))}")
@@ -79,7 +81,6 @@ def listing(names, descriptions: dict[str, str]) -> str:
 
 def canonical(*parts) -> str:
     return json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
 
 
 TRUNCATED = "text truncated to fit the model's context"

@@ -13,10 +13,30 @@ from duckllm.tasks import (
     parse_options,
     whole_number,
 )
+from duckllm.tasks.declare import (
+    CONFIDENCE,
+    DESCRIPTIONS,
+    EMPTY_TEXT,
+    EXAMPLES,
+    INSTRUCTIONS,
+    MODEL,
+    NOTE,
+    OPTIONS,
+    TEXT,
+    Field,
+    Function,
+    Param,
+)
 
-FUNCTION = "llm_classify"
+DECLARATION = Function(
+    "llm_classify",
+    params=(TEXT, Param("labels", "VARCHAR[]", positional=True), OPTIONS, DESCRIPTIONS, INSTRUCTIONS, EXAMPLES,
+            Param("nearest", "INTEGER"), Param("preselect", "INTEGER"), MODEL, Param("confidence", "VARCHAR")),
+    result=(Field("label", "VARCHAR"), CONFIDENCE, NOTE),
+    blank={"label": None, "confidence": None, "note": EMPTY_TEXT},
+)
+FUNCTION = DECLARATION.name
 VERSION = 2
-OPTIONS = {"descriptions", "instructions", "model", "confidence", "examples", "nearest", "preselect"}
 CONFIDENCE_METHODS = ("mean_token", "choice")
 DEFAULT_CONFIDENCE = "mean_token"  # higher mean AUROC on the default model (README, Confidence)
 PRESELECT_ABOVE = 200   # label sets larger than this are narrowed per row by default ...
@@ -33,7 +53,7 @@ def from_sql(args: dict) -> Task:
 
 def build(labels, options=None) -> Task:
     labels = validate_labels(labels)
-    opts = parse_options(FUNCTION, options, OPTIONS)
+    opts = parse_options(FUNCTION, options, DECLARATION.options)
     descriptions = validate_descriptions(labels, opts.get("descriptions"))
     method = opts.get("confidence", DEFAULT_CONFIDENCE)
     if method not in CONFIDENCE_METHODS:
@@ -85,7 +105,7 @@ def build(labels, options=None) -> Task:
         name=FUNCTION, version=VERSION, messages=tuple(messages), program=program,
         answer_tokens=lambda n: bound, read=read, render=render_text, row_turns=row_turns,
         prepare=lambda texts: [prepare(texts) for prepare in prepares],
-        empty={"label": None, "confidence": None, "note": "empty text"},
+        empty=DECLARATION.blank,
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
     )
 
