@@ -11,11 +11,11 @@ import click
 import duckdb
 import sqlglot
 
-from duckllm import store
 from duckllm.cli import output
 from duckllm.engine import cancel
 from duckllm.errors import DuckLLMError
-from duckllm.store import catalog
+from duckllm.settings import Settings
+from duckllm.store import ModelStore, catalog
 
 
 def _connect(db: str | None, model: str | None):
@@ -24,6 +24,10 @@ def _connect(db: str | None, model: str | None):
     # DuckDB's progress bar writes to stdout even when it is piped; duckllm's goes to stderr
     con.execute("SET enable_progress_bar = false")
     return con
+
+
+def _store() -> ModelStore:
+    return ModelStore(Settings.from_env().home)
 
 
 def run_statements(con, sql: str, confirm=None, mode: str = "duckbox", out=None) -> None:
@@ -45,10 +49,10 @@ def run_statements(con, sql: str, confirm=None, mode: str = "duckbox", out=None)
 
 def ask_when_long(con, threshold: float | None = None):
     """A confirm hook for run_statements: when a statement's llm_* calls are estimated to take
-    longer than threshold seconds (DUCKLLM_CONFIRM_SECONDS, default 60), show the estimate and
-    ask before running it."""
-    from duckllm.sql import explain
-    threshold = float(os.environ.get("DUCKLLM_CONFIRM_SECONDS", 60)) if threshold is None else threshold
+    longer than threshold seconds (default: the connection's settings.confirm_seconds,
+    DUCKLLM_CONFIRM_SECONDS), show the estimate and ask before running it."""
+    from duckllm.sql import engine_of, explain
+    threshold = engine_of(con).settings.confirm_seconds if threshold is None else threshold
 
     def confirm(query: str) -> bool:
         if "llm_" not in query.lower():
@@ -164,9 +168,11 @@ def models():
 @models.command("list")
 def models_list():
     """Known models, their size and licence, and whether they are downloaded."""
+    with _errors():
+        models_dir = _store().models_dir
     click.echo(f"{'name':22} {'size':>9}  {'licence':14} {'local':6} description")
     for spec in catalog.models().values():
-        local = "yes" if (store.models_dir() / spec.file).is_file() else "no"
+        local = "yes" if (models_dir / spec.file).is_file() else "no"
         size = f"{spec.size / 1e6:.0f} MB" if spec.size else "?"
         default = " (default)" if spec.name == catalog.DEFAULT_MODEL else ""
         click.echo(f"{spec.name:22} {size:>9}  {spec.license:14} {local:6} {spec.description}{default}")
@@ -178,14 +184,15 @@ def models_pull(name):
     """Fetch a model into the cache and verify it."""
     with _errors():
         spec = catalog.get(name)
-        path = store.models_dir() / spec.file
-        problem = store.verify(path, spec)
+        models = _store()
+        path = models.models_dir / spec.file
+        problem = models.verify(path, spec)
         if problem is None:
             click.echo(f"{spec.name} is already here and verified (licence {spec.license})", err=True)
             if spec.license_note:
                 click.echo(spec.license_note, err=True)
         else:
-            path = store.pull(spec)
+            path = models.pull(spec)
         click.echo(str(path))
 
 
@@ -194,7 +201,7 @@ def models_pull(name):
 def models_path(name):
     """Print the local .gguf path of NAME (default model when omitted), fetching it if needed."""
     with _errors():
-        click.echo(str(store.resolve(name)))
+        click.echo(str(_store().resolve(name)))
 
 
 @main.group()
@@ -206,7 +213,8 @@ def cache():
 def cache_stats():
     """Cached results per function, and where the cache lives."""
     from duckllm.engine.cache import ResultCache
-    store_ = ResultCache()
+    with _errors():
+        store_ = ResultCache(Settings.from_env().result_cache_path)
     rows = store_.stats()
     size = store_.path.stat().st_size if store_.path.exists() else 0
     click.echo(f"cache: {store_.path} ({size / 1e6:.1f} MB)")
@@ -220,7 +228,7 @@ def cache_clear():
     """Delete every cached result."""
     from duckllm.engine.cache import ResultCache
     with _errors():
-        click.echo(f"removed {ResultCache().clear():,} cached results")
+        click.echo(f"removed {ResultCache(Settings.from_env().result_cache_path).clear():,} cached results")
 
 
 @main.command()
@@ -242,8 +250,9 @@ def bench(suite_dir, datasets, limit, model, baseline, out):
                                "(the format of the public suite: task, file, columns, labels)")
     names = datasets.split(",") if datasets else list(suite.manifest(suite_dir))
     model = model or catalog.DEFAULT_MODEL
-    engine = Engine(model)
-    free = suite.FreeText(store.resolve(model)) if baseline else None
+    with _errors():
+        engine = Engine(Settings.from_env(model=model))
+    free = suite.FreeText(engine.store.resolve(model)) if baseline else None
     results, started = [], time.perf_counter()
     for i, name in enumerate(names, 1):
         click.echo(f"duckllm bench: [{i}/{len(names)}] {name} ...", err=True)
@@ -312,7 +321,7 @@ def info(model):
     """Load a model and say which device runs it and how many layers are offloaded."""
     from duckllm.engine import Engine
     with _errors():
-        details = Engine().runtime(model).describe()
+        details = Engine(Settings.from_env(model=model)).runtime().describe()
     for key, value in details.items():
         click.echo(f"{key}: {value}")
 

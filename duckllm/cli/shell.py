@@ -12,7 +12,6 @@ import duckdb
 
 from duckllm.cli.output import MODES
 from duckllm.errors import DuckLLMError
-from duckllm.home import home
 
 PROMPT, CONTINUE = "D ", "‣ "
 HELP = """.help             this list
@@ -39,7 +38,8 @@ class Shell:
             import readline
         except ImportError:  # pragma: no cover - not on every platform
             return None
-        self._history = home() / "shell_history"
+        from duckllm.sql import engine_of
+        self._history = engine_of(self.con).settings.shell_history
         try:
             readline.read_history_file(self._history)
         except OSError:

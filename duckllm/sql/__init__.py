@@ -5,15 +5,20 @@ task per group, and hands the group's texts to the engine in one call. Knows not
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 import weakref
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from duckllm.engine import Engine, cancel
 from duckllm.engine.stats import FIELDS, STATS
-from duckllm.home import package_data
+from duckllm.errors import ArgumentError
+from duckllm.resources import package_data
+from duckllm.settings import Settings
 from duckllm.tasks import (
     classify,
     classify_multi,
@@ -38,6 +43,9 @@ STATS_TYPE = "STRUCT(" + ", ".join(
     f"{name} {dict(int='BIGINT', float='DOUBLE', str='VARCHAR')[kind.__name__]}" for name, kind in FIELDS.items()) + ")"
 
 
+TASKS_KEPT = 1024     # built tasks a UDF keeps, by their arguments
+
+
 def _duckdb_type(arrow_type: pa.DataType) -> str:
     names = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
     if isinstance(arrow_type, pa.ListType):
@@ -60,11 +68,13 @@ def _vectorised(engine: Engine, build, result_type: pa.DataType, to_arrow):
         results = [None] * len(texts)
         for key, rows in groups.items():
             if key not in tasks:
+                if len(tasks) >= TASKS_KEPT:     # each explain's plan id makes keys of its own
+                    tasks.clear()
                 arguments = json.loads(key) if key else {}
-                use_cache = arguments.pop("cache", None)
-                tasks[key] = (build(arguments), None if use_cache is None else bool(use_cache))
-            task, use_cache = tasks[key]
-            for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache)):
+                use_cache, plan = arguments.pop("cache", None), arguments.pop("plan", None)
+                tasks[key] = (build(arguments), None if use_cache is None else bool(use_cache), plan)
+            task, use_cache, plan = tasks[key]
+            for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache, plan=plan)):
                 results[i] = r
         return pa.array([None if r is None else to_arrow(r) for r in results], type=result_type)
 
@@ -88,16 +98,21 @@ FUNCTIONS = {
 }
 
 
-_process_engine: Engine | None = None
+_process_engines: dict[Settings, Engine] = {}
+_process_lock = threading.Lock()
 _engines: weakref.WeakValueDictionary[str, Engine] = weakref.WeakValueDictionary()   # by __duckllm_engine()
 
 
-def default_engine() -> Engine:
-    """One engine per process, so every connection shares the loaded models."""
-    global _process_engine
-    if _process_engine is None:
-        _process_engine = Engine()
-    return _process_engine
+def default_engine(settings: Settings | None = None) -> Engine:
+    """The process's engine for these settings (None: the environment's). Connections whose
+    settings differ only in their model and in using the cache share one (both are variables of
+    the connection), and every engine shares the loaded models."""
+    settings = settings or Settings.from_env()
+    shared = dataclasses.replace(settings, model=None, cache=True)
+    with _process_lock:
+        if shared not in _process_engines:
+            _process_engines[shared] = Engine(shared)
+        return _process_engines[shared]
 
 
 def engine_of(con: duckdb.DuckDBPyConnection) -> Engine:
@@ -110,15 +125,32 @@ def engine_of(con: duckdb.DuckDBPyConnection) -> Engine:
     return _engines.get(key) or default_engine()
 
 
-def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: Engine | None = None):
+def settings_at_edge(settings: Settings | None = None, model: str | None = None,
+                     cache: bool | str | Path | None = None) -> Settings:
+    """The settings connect() and register() work with: the given ones (None: the environment's),
+    with the model and cache arguments over them, validated before anything runs."""
+    if settings is not None and not isinstance(settings, Settings):
+        raise ArgumentError(f"settings must be a duckllm.settings.Settings, got {settings!r}; make one with "
+                            f"Settings.from_env(...)")
+    return (settings or Settings.from_env()).replace(model=model).with_cache(cache)
+
+
+def register(con: duckdb.DuckDBPyConnection, model: str | None = None, *, cache: bool | str | Path | None = None,
+             engine: Engine | None = None, settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     """Add duckllm's functions to an open DuckDB connection (or cursor) and return it.
 
-    The UDFs belong to the database instance and are created once; the macros are TEMP, so
-    each connection or cursor registers its own. model sets this connection's default model.
+    model: this connection's default model (a catalog name or a .gguf path); cache: True or
+    False (use the result cache or not), or the path of a result cache file; settings: the rest
+    (default: the environment's, or the given engine's). The UDFs belong to the database instance
+    and are created once, calling the engine of the first register (engine, else the process's
+    engine for these settings); the macros and the model and cache variables are the
+    connection's (TEMP), so each connection or cursor registers its own.
     """
+    settings = settings_at_edge(settings or (engine.settings if engine is not None else None), model, cache)
     existing = {row[0] for row in con.execute(
         "SELECT function_name FROM duckdb_functions() WHERE function_name LIKE '\\_\\_duckllm\\_%' ESCAPE '\\'").fetchall()}
-    engine = engine or default_engine()
+    if engine is None and not {*FUNCTIONS, "__duckllm_engine"} <= existing:
+        engine = default_engine(settings)
     for name, (build, result_type, to_arrow) in FUNCTIONS.items():
         if name not in existing:
             con.create_function(name, _vectorised(engine, build, result_type, to_arrow), ["VARCHAR", "VARCHAR"],
@@ -134,13 +166,18 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: E
         con.create_function("__duckllm_engine", lambda: key, [], "VARCHAR", side_effects=False)
     if "__duckllm_stats" not in existing:
         con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
-    con.execute("SET VARIABLE duckllm_model = ?", [model])
+    con.execute("SET VARIABLE duckllm_model = ?", [settings.model])
+    con.execute("SET VARIABLE duckllm_cache = ?", [settings.cache])
     for script in sorted(package_data("sql_macros").glob("*.sql")):
         con.execute(script.read_text())
     cancel.watch(con)   # Ctrl-C stops its model work from any program, not only the CLI
     return con
 
 
-def connect(database: str = ":memory:", model: str | None = None, **kwargs) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with duckllm's functions; model is a catalog name or .gguf path."""
-    return register(duckdb.connect(database, **kwargs), model=model)
+def connect(database: str = ":memory:", model: str | None = None, *, cache: bool | str | Path | None = None,
+            settings: Settings | None = None, **duckdb_kwargs) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with duckllm's functions; model is a catalog name or .gguf path, cache
+    True, False or the path of a result cache file, settings the rest (default: the
+    environment's). A bad setting is an error here, before the database is opened."""
+    settings = settings_at_edge(settings, model, cache)
+    return register(duckdb.connect(database, **duckdb_kwargs), settings=settings)
