@@ -35,13 +35,14 @@ def main():
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--parallel", type=int, default=64)
     args = ap.parse_args()
-    from duckllm import store
     from duckllm.runtime.llama import LlamaRuntime
+    from duckllm.settings import Settings
+    from duckllm.store import ModelStore
     from duckllm.tasks import classify
 
     texts, labels = load_rows(args.suite, args.dataset)
     task = classify.build(labels)
-    path = store.resolve(args.model)
+    path = ModelStore(Settings.from_env().home).resolve(args.model)
     print(f"model {path.name}, dataset {args.dataset}, {args.rows} rows, {len(labels)} labels, "
           f"{args.parallel} rows in flight when batched\n")
     print("| batches | label flips | max confidence difference | batched rows/s | one-at-a-time rows/s |")

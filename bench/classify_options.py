@@ -9,7 +9,6 @@ Reads the suite at run time (--suite, default ../shared/data); copies none of it
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
@@ -17,7 +16,6 @@ import time
 from pathlib import Path
 
 import duckllm
-import duckllm.engine.cache
 from duckllm.evaluation import suite
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -53,8 +51,7 @@ def main():
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--parts", default="few_shot,preselect,cascade")
     args = ap.parse_args()
-    os.environ["DUCKLLM_CACHE"] = "off"
-    con = duckllm.connect(model=args.model)
+    con = duckllm.connect(model=args.model, cache=False)
     con.execute("SELECT llm_classify('warm up', ['a', 'b'])").fetchall()
     table = []
 
@@ -98,8 +95,9 @@ def main():
         # the macro itself, cold, with a result cache of its own (its THEN branch reads the
         # small model's answers from it): same answers as composed above, and its real speed
         below = thresholds[1]
-        duckllm.engine.cache.default_path = lambda: Path(tempfile.mkdtemp()) / "cache.sqlite"
-        con.execute("SET VARIABLE duckllm_cache = true")
+        con = duckllm.connect(model=args.model, cache=Path(tempfile.mkdtemp()) / "cache.sqlite")   # models stay loaded
+        con.execute("CREATE OR REPLACE TABLE t AS SELECT unnest($x) AS text, generate_subscripts($x, 1) AS i",
+                    {"x": [r["text"] for r in rows]})
         start = time.perf_counter()
         got = [g[0] for g in con.execute(
             "SELECT llm_classify_cascade(text, $labels, $small, $strong, below := $below) FROM t ORDER BY i",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import re
 import sys
@@ -26,10 +25,11 @@ import time
 from pathlib import Path
 
 import duckllm
-from duckllm import store
 from duckllm.confidence import auroc
 from duckllm.evaluation import suite
 from duckllm.evaluation.suite import DESCRIPTIONS, SEED, labels_of
+from duckllm.settings import Settings
+from duckllm.store import ModelStore
 from duckllm.tasks import listing
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -46,7 +46,7 @@ def sample(suite: Path, name: str, limit: int):
 
 def run_duckllm(model: str, texts, labels, descriptions):
     """llm_classify through DuckDB; timed on the default confidence, then again for the other."""
-    con = duckllm.connect(model=model)
+    con = duckllm.connect(model=model, cache=False)    # measure the model, not the result cache
     con.execute("CREATE TABLE t AS SELECT unnest($texts) AS text, generate_subscripts($texts, 1) AS i",
                 {"texts": texts})
     con.execute("SELECT llm_classify('hello', ['a', 'b'])").fetchall()  # load the model untimed
@@ -65,7 +65,7 @@ def run_duckllm(model: str, texts, labels, descriptions):
 
 def run_free_text(model: str, texts, labels, descriptions):
     """The same model asked in free text, one chat completion per row, reply matched to a label."""
-    free = suite.FreeText(store.resolve(model))
+    free = suite.FreeText(ModelStore(Settings.from_env().home).resolve(model))
     system = f"Classify the text into one of these labels:\n{listing(labels, descriptions)}\nAnswer with the label only."
     normal = {_norm(l): l for l in labels}
     predictions, confidences = [], []
@@ -88,7 +88,7 @@ def run_first_token(model: str, texts, labels):
     c.llama_backend_init()
     mparams = c.llama_model_default_params()
     mparams.use_extra_bufts = False
-    llama = c.llama_model_load_from_file(str(store.resolve(model)).encode(), mparams)
+    llama = c.llama_model_load_from_file(str(ModelStore(Settings.from_env().home).resolve(model)).encode(), mparams)
     vocab = c.llama_model_get_vocab(llama)
 
     def tokenize(text: str, special: bool) -> list[int]:
@@ -134,7 +134,6 @@ def main():
     ap.add_argument("--laduck", action="store_true", help="also laduck's method: first-token softmax over the raw text")
     ap.add_argument("--json", type=Path, help="write the rows of the table here too")
     args = ap.parse_args()
-    os.environ["DUCKLLM_CACHE"] = "off"   # measure the model, not the result cache
     if not (args.suite / "datasets.json").exists():
         sys.exit(f"no suite at {args.suite}; pass --suite DIR holding datasets.json")
 

@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import multiprocessing as mp
-import os
 import queue as queue_module
 import random
 import re
@@ -94,20 +93,21 @@ def main():
                     help="the naive loop's reply limit (a random-weight model never ends its reply: give "
                          "the tokens a real model's answer takes)")
     args = ap.parse_args()
-    os.environ.setdefault("DUCKLLM_PROGRESS", "0")
-    os.environ["DUCKLLM_CACHE"] = "on"
-    tmp = tempfile.mkdtemp(prefix="duckllm-bench-")
-    from duckllm.engine import cache
-    cache.default_path = lambda: Path(tmp) / "cache.sqlite"  # cold: a cache of its own
     import duckllm
-    from duckllm import store
     from duckllm.engine.stats import STATS
+    from duckllm.settings import Settings
+    from duckllm.store import ModelStore
+    settings = Settings.from_env(model=args.model)
+    tmp = tempfile.mkdtemp(prefix="duckllm-bench-")
+    # cold: a result cache of its own; no progress line unless DUCKLLM_PROGRESS asks for one
+    settings = settings.replace(cache=True, cache_path=Path(tmp) / "cache.sqlite",
+                                progress=False if settings.progress is None else None)
 
     texts, labels = load_rows(args.suite, args.dataset)
     n = args.rows
     cold_texts = texts[:n]
     repeated = [texts[n + i % max(1, n // 10)] for i in range(n)]       # fresh, 10% distinct
-    model_path = str(store.resolve(args.model))
+    model_path = str(ModelStore(settings.home).resolve(args.model))
 
     queue = mp.get_context("spawn").Queue()
     proc = mp.get_context("spawn").Process(target=naive, args=(model_path, texts[:args.naive_rows or n], labels,
@@ -123,8 +123,8 @@ def main():
     proc.join()
 
     pe_tps = prompt_eval_tokens_per_s(model_path)      # before the engine loads the model: one copy at a time
-    con = duckllm.connect(model=args.model)
-    runtime = duckllm.sql.default_engine().runtime(args.model)
+    con = duckllm.connect(settings=settings)
+    runtime = duckllm.sql.engine_of(con).runtime(args.model)
     query = "SELECT r.label FROM (SELECT i, llm_classify(text, $labels) AS r FROM {} ORDER BY i)"
     con.execute("CREATE TABLE cold AS SELECT unnest($t) AS text, generate_subscripts($t, 1) AS i", {"t": cold_texts})
     con.execute("CREATE TABLE rep AS SELECT unnest($t) AS text, generate_subscripts($t, 1) AS i", {"t": repeated})

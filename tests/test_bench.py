@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from duckllm.engine import Engine
 from duckllm.errors import ArgumentError
 from duckllm.evaluation import report, suite
 from duckllm.evaluation.suite import Scored
@@ -20,9 +19,8 @@ def test_calibration_metrics():
     assert report.accuracy_at(ranked, 0.8) == 0.75
 
 
-def test_every_task_kind_runs_and_is_scored(fake_runtime):
-    engine = Engine("fake", load=lambda path, fmt: fake_runtime)
-    results = [r for name in suite.manifest(SUITE) for r in suite.run_dataset(engine, SUITE, name, 10)]
+def test_every_task_kind_runs_and_is_scored(fake_engine):
+    results = [r for name in suite.manifest(SUITE) for r in suite.run_dataset(fake_engine, SUITE, name, 10)]
     by_name = {r.dataset: r for r in results}
     assert {r.function for r in results} == {"llm_classify", "llm_match", "llm_extract", "llm_entities", "llm_clean"}
     # the fake picks the first label named in the text: 'refund the delivery fee' is refund, right
@@ -32,9 +30,8 @@ def test_every_task_kind_runs_and_is_scored(fake_runtime):
     assert all(0 <= r.accuracy <= 1 and r.invalid == 0 for r in results)
 
 
-def test_the_report_files(fake_runtime, tmp_path):
-    engine = Engine("fake", load=lambda path, fmt: fake_runtime)
-    results = suite.run_dataset(engine, SUITE, "tickets", 10) + suite.run_dataset(engine, SUITE, "cells", 10)
+def test_the_report_files(fake_engine, tmp_path):
+    results = suite.run_dataset(fake_engine, SUITE, "tickets", 10) + suite.run_dataset(fake_engine, SUITE, "cells", 10)
     written = report.write(tmp_path, "model fake", results)
     assert {p.name for p in written} == {"results.md", "results.json", "reliability.png",
                                          "accuracy_coverage.png", "per_dataset.png"}
@@ -45,19 +42,17 @@ def test_the_report_files(fake_runtime, tmp_path):
     assert all(p.stat().st_size > 1000 for p in written if p.suffix == ".png")
 
 
-def test_unknown_datasets_and_tasks_are_clear_errors(fake_runtime, tmp_path):
-    engine = Engine("fake", load=lambda path, fmt: fake_runtime)
+def test_unknown_datasets_and_tasks_are_clear_errors(fake_engine, tmp_path):
     with pytest.raises(ArgumentError, match="no dataset 'nope'.*it has tickets"):
-        suite.run_dataset(engine, SUITE, "nope", 5)
+        suite.run_dataset(fake_engine, SUITE, "nope", 5)
     (tmp_path / "datasets.json").write_text(json.dumps({"x": {"task": "translation", "file": "x.csv"}}))
     with pytest.raises(ArgumentError, match="task 'translation'; duckllm bench runs"):
-        suite.run_dataset(engine, tmp_path, "x", 5)
+        suite.run_dataset(fake_engine, tmp_path, "x", 5)
 
 
-def test_a_parquet_table_works_as_a_dataset(fake_runtime, tmp_path):
+def test_a_parquet_table_works_as_a_dataset(fake_engine, tmp_path):
     import duckdb
     duckdb.connect().execute(f"COPY (SELECT * FROM read_csv('{SUITE / 'tickets.csv'}')) TO '{tmp_path / 't.parquet'}'")
     spec = json.loads((SUITE / "datasets.json").read_text())["tickets"]
     (tmp_path / "datasets.json").write_text(json.dumps({"mine": {**spec, "file": "t.parquet"}}))
-    engine = Engine("fake", load=lambda path, fmt: fake_runtime)
-    assert suite.run_dataset(engine, tmp_path, "mine", 10)[0].accuracy == 1.0
+    assert suite.run_dataset(fake_engine, tmp_path, "mine", 10)[0].accuracy == 1.0

@@ -5,7 +5,6 @@ import duckdb
 import pytest
 
 import duckllm
-from duckllm.engine import Engine
 
 
 def one(con, sql, *params):
@@ -80,10 +79,10 @@ def test_clean(fake_con):
     assert one(fake_con, "SELECT llm_clean('x', 'dates as ISO 8601', model := 'fake')")["value"] == "X"
 
 
-def test_register_on_an_existing_connection_keeps_its_data(fake_runtime):
+def test_register_on_an_existing_connection_keeps_its_data():
     con = duckdb.connect()
     con.execute("CREATE TABLE mine AS SELECT 'refund me' AS t")
-    duckllm.register(con, model="fake", engine=Engine(load=lambda p, f: fake_runtime))
+    duckllm.register(con, model="fake")
     duckllm.register(con, model="fake")  # twice is fine
     assert one(con, "SELECT llm_classify(t, ['refund']).label FROM mine") == "refund"
 
@@ -95,9 +94,9 @@ def test_the_connection_default_model_is_a_variable(fake_con, fake_runtime):
     assert one(fake_con, "SELECT llm_classify('x', ['a'], model := 'fake').label") == "a"
 
 
-def test_macros_are_not_written_into_the_database_file(tmp_path, fake_runtime):
+def test_macros_are_not_written_into_the_database_file(tmp_path):
     db = str(tmp_path / "x.duckdb")
-    duckllm.register(duckdb.connect(db), engine=Engine("fake", load=lambda p, f: fake_runtime)).close()
+    duckllm.connect(db, model="fake").close()
     assert duckdb.connect(db).execute("SELECT count(*) FROM duckdb_functions() WHERE function_name LIKE 'llm_%'").fetchone()[0] == 0
 
 

@@ -10,11 +10,10 @@ import click
 import duckdb
 
 import duckllm
-from duckllm import store
 from duckllm.cli import output, session
 from duckllm.engine import Engine
 from duckllm.settings import Settings
-from duckllm.store import catalog
+from duckllm.store import ModelStore, catalog
 
 # ---- the edge: Settings made from the environment and the flags, then handed to the library ----
 
@@ -25,15 +24,18 @@ def _settings(**flags) -> Settings:
 
 
 def _connect(db: str | None, settings: Settings) -> duckdb.DuckDBPyConnection:
-    # TODO(issue 16): duckllm.connect(db, settings=settings) once connect takes Settings
-    con = duckllm.connect(db or ":memory:", model=settings.model)
+    con = duckllm.connect(db or ":memory:", settings=settings)
     # DuckDB's progress bar writes to stdout even when it is piped; duckllm's goes to stderr
     con.execute("SET enable_progress_bar = false")
     return con
 
 
 def _engine(settings: Settings) -> Engine:
-    return Engine(settings.model)    # TODO(issue 16): Engine(settings=settings) once the engine takes Settings
+    return Engine(settings)
+
+
+def _store(settings: Settings) -> ModelStore:
+    return ModelStore(settings.home)
 
 
 def _ask(question: str) -> bool:
@@ -120,10 +122,10 @@ def models():
 def models_list():
     """Known models, their size and licence, and whether they are downloaded."""
     with _errors():
-        _settings()     # a DUCKLLM_HOME that is a file is a clear error, not a traceback
+        models_dir = _store(_settings()).models_dir   # a DUCKLLM_HOME that is a file: a clear error
     click.echo(f"{'name':22} {'size':>9}  {'licence':14} {'local':6} description")
     for spec in catalog.models().values():
-        local = "yes" if (store.models_dir() / spec.file).is_file() else "no"
+        local = "yes" if (models_dir / spec.file).is_file() else "no"
         size = f"{spec.size / 1e6:.0f} MB" if spec.size else "?"
         default = " (default)" if spec.name == catalog.DEFAULT_MODEL else ""
         click.echo(f"{spec.name:22} {size:>9}  {spec.license:14} {local:6} {spec.description}{default}")
@@ -134,16 +136,16 @@ def models_list():
 def models_pull(name):
     """Fetch a model into the cache and verify it."""
     with _errors():
-        _settings()
+        models = _store(_settings())
         spec = catalog.get(name)
-        path = store.models_dir() / spec.file
-        problem = store.verify(path, spec)
+        path = models.models_dir / spec.file
+        problem = models.verify(path, spec)
         if problem is None:
             click.echo(f"{spec.name} is already here and verified (licence {spec.license})", err=True)
             if spec.license_note:
                 click.echo(spec.license_note, err=True)
         else:
-            path = store.pull(spec)
+            path = models.pull(spec)
         click.echo(str(path))
 
 
@@ -152,7 +154,8 @@ def models_pull(name):
 def models_path(name):
     """Print the local .gguf path of NAME (default model when omitted), fetching it if needed."""
     with _errors():
-        click.echo(str(store.resolve(_settings(model=name).model)))
+        settings = _settings(model=name)
+        click.echo(str(_store(settings).resolve(settings.model)))
 
 
 @main.group()
@@ -164,7 +167,8 @@ def cache():
 def cache_stats():
     """Cached results per function, and where the cache lives."""
     from duckllm.engine.cache import ResultCache
-    store_ = ResultCache()
+    with _errors():
+        store_ = ResultCache(_settings().result_cache_path)
     rows = store_.stats()
     size = store_.path.stat().st_size if store_.path.exists() else 0
     click.echo(f"cache: {store_.path} ({size / 1e6:.1f} MB)")
@@ -178,7 +182,7 @@ def cache_clear():
     """Delete every cached result."""
     from duckllm.engine.cache import ResultCache
     with _errors():
-        click.echo(f"removed {ResultCache().clear():,} cached results")
+        click.echo(f"removed {ResultCache(_settings().result_cache_path).clear():,} cached results")
 
 
 @main.command()
@@ -202,7 +206,7 @@ def bench(suite_dir, datasets, limit, model, baseline, out):
     results, started = [], time.perf_counter()
     with _errors():
         engine = _engine(_settings(model=model))
-        free = suite.FreeText(store.resolve(model)) if baseline else None
+        free = suite.FreeText(engine.store.resolve(model)) if baseline else None
         for i, name in enumerate(names, 1):
             click.echo(f"duckllm bench: [{i}/{len(names)}] {name} ...", err=True)
             for result in suite.run_dataset(engine, suite_dir, name, limit, free):

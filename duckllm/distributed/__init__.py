@@ -340,21 +340,19 @@ class _Worker:
 
     def __init__(self, model: str | None, cache: str | bool | None, threads: int | None,
                  engine_factory: Callable[[], object] | None):
-        if threads:
-            os.environ["DUCKLLM_THREADS"] = str(threads)
         from duckllm.engine import Engine
-        from duckllm.engine.cache import ResultCache
+        from duckllm.settings import Settings
         from duckllm.sql import register
         if engine_factory is not None:
             engine = engine_factory()
         else:
-            with _file_lock(store.models_dir() / ".fetch.lock"):
-                store.resolve(model)
-            engine = Engine(model, cache=ResultCache(Path(cache)) if isinstance(cache, (str, Path)) else None)
-        self.con = register(duckdb.connect(), model=model, engine=engine)
+            # the worker's process is an edge: its node's DUCKLLM_* and the run's own choices
+            settings = Settings.from_env(model=model, threads=threads).with_cache(cache)
+            engine = Engine(settings)
+            with _file_lock(engine.store.models_dir / ".fetch.lock"):
+                engine.model(model)     # one fetch per node
+        self.con = register(duckdb.connect(), model=model, cache=cache, engine=engine)
         self.con.execute("SET enable_progress_bar = false")
-        if cache is False:
-            self.con.execute("SET VARIABLE duckllm_cache = false")
         self.device = engine.runtime(model).describe().get("device", "?")   # load now, once
         self.where = f"{socket.gethostname()}:{os.getpid()}"
         self._warn_if_gpu_unused()

@@ -6,7 +6,7 @@ tests/test_declarations.py fails when it drifts from this text.
 """
 from __future__ import annotations
 
-from duckllm.home import package_data
+from duckllm.resources import package_data
 from duckllm.tasks.declare import Function, Param, answer_type
 from duckllm.tasks.functions import DECLARATIONS
 

@@ -19,6 +19,7 @@ from duckllm.tasks.declare import Function, ListOf, PerField, Struct, Type, sql_
 from duckllm.tasks.functions import TASKS
 
 SCALARS = {"VARCHAR": pa.string(), "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}
+TASKS_KEPT = 1024     # built tasks a UDF keeps, by their arguments (each explain's plan id makes keys of its own)
 
 
 def arrow_type(kind: Type) -> pa.DataType:
@@ -65,18 +66,23 @@ def vectorised(engine: Engine, build: Callable[[dict], Any], function: Function)
         results = [None] * len(texts)
         for key, rows in groups.items():
             if key not in tasks:
+                if len(tasks) >= TASKS_KEPT:
+                    tasks.clear()
                 arguments = json.loads(key) if key else {}
                 variables = {name: arguments.pop(name, None) for name in VARIABLES}
                 use_cache, plan = variables["cache"], variables["plan"]
                 tasks[key] = (build(arguments), None if use_cache is None else bool(use_cache), plan)
             task, use_cache, plan = tasks[key]
-            # plan= only when planning, so an engine without plans still answers ordinary calls
-            given = {"plan": plan} if plan is not None else {}
-            for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache, **given)):
+            for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache, plan=plan)):
                 results[i] = r
         return pa.array([None if r is None else convert(r) for r in results], type=kind)
 
     return udf
+
+
+def names() -> set[str]:
+    """The UDFs create() makes."""
+    return {task.DECLARATION.udf for task in TASKS}
 
 
 def create(con: duckdb.DuckDBPyConnection, engine: Engine, existing: set[str]) -> None:
