@@ -186,3 +186,4 @@ def test_free_text_replies_are_read_as_a_tool_without_constrained_decoding_would
     assert Canned("People, first name").slots(["t"], suite.SLOTS) == [
         {s: Answer(s in ("people", "first_name"), 0.5) for s in suite.SLOTS}]
     assert Canned("Blue.").enrich(["t"], "What colour?") == [Answer("Blue", 0.5)]
+    assert Canned(" Boston ").clean(["boston"]) == [Answer(" Boston ", 0.5)]      # scored after strip()

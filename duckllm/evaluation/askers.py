@@ -131,64 +131,57 @@ class FreeText:
         logprobs = [t["logprob"] for t in (choice.get("logprobs") or {}).get("content", [])]
         return choice["message"]["content"] or "", mean_token_prob(logprobs) or 0.0
 
+    def _ask(self, system: str, texts: list[str], max_tokens: int, read) -> list:
+        """Each text's reply under system, read into an answer by read(reply, confidence)."""
+        return [read(*self.complete(system, text, max_tokens)) for text in texts]
+
     def classify(self, texts, labels, descriptions):
         system = (f"Classify the text into one of these labels:\n{listing(labels, descriptions)}\n"
                   f"Answer with the label only.")
-        read = label_reader(labels)
-        answers = []
-        for text in texts:
-            reply, confidence = self.complete(system, text, 24)
-            label = read(reply)
-            answers.append(Answer(label, confidence, invalid=label is None))
-        return answers
+        label_of = label_reader(labels)
+
+        def read(reply, confidence):
+            label = label_of(reply)
+            return Answer(label, confidence, invalid=label is None)
+        return self._ask(system, texts, 24, read)
 
     def match(self, pairs):
-        answers = []
-        for left, right in pairs:
-            reply, confidence = self.complete(match.SYSTEM, match.render(match.pair(left, right)), 8)
+        def read(reply, confidence):
             word = norm(reply).split()[:1]
-            answers.append(Answer(word == ["yes"], confidence, invalid=word not in (["yes"], ["no"])))
-        return answers
+            return Answer(word == ["yes"], confidence, invalid=word not in (["yes"], ["no"]))
+        return self._ask(match.SYSTEM, [match.render(match.pair(left, right)) for left, right in pairs], 8, read)
 
     def extract(self, texts, attributes):
         system = (f"Extract these attributes from the product text: {', '.join(attributes)}. Answer with "
                   f"one line per attribute as `attribute: value`, and n/a when the text does not give it.")
-        answers = []
-        for text in texts:
-            reply, confidence = self.complete(system, text, 16 * len(attributes))
+
+        def read(reply, confidence):
             lines = dict(_split_line(line) for line in reply.splitlines() if ":" in line)
             values = {name: lines.get(norm(name)) for name in attributes}
-            answers.append({name: Answer(v, confidence, invalid=v is None) for name, v in values.items()})
-        return answers
+            return {name: Answer(v, confidence, invalid=v is None) for name, v in values.items()}
+        return self._ask(system, texts, 16 * len(attributes), read)
 
     def enrich(self, texts, question):
-        answers = []
-        for text in texts:
-            reply, confidence = self.complete(enrich.SYSTEM.format(question=question), text, 16)
-            answers.append(Answer(reply.strip().rstrip("."), confidence))
-        return answers
+        return self._ask(enrich.SYSTEM.format(question=question), texts, 16,
+                         lambda reply, confidence: Answer(reply.strip().rstrip("."), confidence))
 
     def entities(self, texts, types):
-        system = entities.SYSTEM.format(types=listing(types, entities.KNOWN))
-        found = []
-        for text in texts:
-            reply, confidence = self.complete(system, text, 96)
+        def read(reply, confidence):
             pairs = [tuple(s.strip() for s in line.split(":", 1)) for line in reply.splitlines() if ":" in line]
-            found.append([Entity(t, e, confidence) for t, e in pairs if t in types])
-        return found
+            return [Entity(t, e, confidence) for t, e in pairs if t in types]
+        return self._ask(entities.SYSTEM.format(types=listing(types, entities.KNOWN)), texts, 96, read)
 
     def slots(self, texts, slots):
         system = (f"Which of these details does the restaurant booking message give?\n{listing(list(slots), slots)}\n"
                   f"Answer with the names of those it gives, comma-separated, or none.")
-        decided = []
-        for text in texts:
-            reply, confidence = self.complete(system, text, 24)
+
+        def read(reply, confidence):
             named = {norm(w).replace(" ", "_") for w in reply.split(",")}
-            decided.append({s: Answer(s in named, confidence) for s in slots})
-        return decided
+            return {s: Answer(s in named, confidence) for s in slots}
+        return self._ask(system, texts, 24, read)
 
     def clean(self, texts):
-        return [Answer(*self.complete(clean.SYSTEM, text, 32)) for text in texts]
+        return self._ask(clean.SYSTEM, texts, 32, Answer)
 
 
 def label_reader(labels: list[str]):
