@@ -14,6 +14,7 @@ from duckllm.distributed.manifest import prepare_output
 from duckllm.distributed.query import absolute
 from duckllm.distributed.shards import DEFAULT_ROWS_PER_SHARD, plan
 from duckllm.distributed.workers import ShardWorker, cache_setting
+from duckllm.settings import Settings
 from duckllm.store import catalog
 
 
@@ -37,7 +38,7 @@ def run_query(sql: str, output: str | Path, *, ray: bool = False, address: str |
               model: str | None = None, cache: str | Path | bool | None = None, workers: int | None = None,
               gpus_per_worker: float | None = None, cpus_per_worker: int | None = None,
               rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, progress: Callable[[dict], None] | None = None,
-              engine_factory: Callable[[], object] | None = None) -> RunResult:
+              engine_factory: Callable[[], object] | None = None, settings: Settings | None = None) -> RunResult:
     """Run a row-mapping query shard by shard into output/part-NNNNNN.parquet.
 
     ray: on a Ray cluster (address: 'auto', 'ray://host:10001', or None for a local one or the one
@@ -46,6 +47,8 @@ def run_query(sql: str, output: str | Path, *, ray: bool = False, address: str |
     one machine: SQLite's WAL needs a local disk); False, no cache.
     progress: called with each finished shard's summary.
     engine_factory: builds each worker's Engine (tests give a fake runtime); default duckllm's.
+    settings: an in-process run's (default: the environment's); a Ray worker's are its own node's
+    environment, with the threads its placement gives it.
     """
     started = time.perf_counter()
     output, cache = Path(absolute(str(output))), cache_setting(cache)
@@ -62,7 +65,7 @@ def run_query(sql: str, output: str | Path, *, ray: bool = False, address: str |
 
     if todo and not ray:
         worker = ShardWorker(plan_.query.sql, plan_.files, plan_.exposed, str(output), model, cache, None,
-                             engine_factory)
+                             engine_factory, settings or Settings.from_env())
         for shard in todo:
             finished(worker.run(shard))
     elif todo:

@@ -19,6 +19,7 @@ from sqlglot import exp
 from duckllm.distributed.query import absolute, columns_sql
 from duckllm.distributed.shards import Shard, shard_sql
 from duckllm.errors import DuckLLMError
+from duckllm.settings import Settings
 
 
 class ShardError(DuckLLMError):
@@ -46,13 +47,13 @@ def file_lock(path: Path):
 
 
 def _connection(model: str | None, cache: str | bool | None, threads: int | None,
-                engine_factory: Callable[[], object] | None):
-    """The worker's connection and the engine behind it. A worker's process is an edge: the settings
-    are its node's (DUCKLLM_HOME, ...), with the llama.cpp threads its placement gives it."""
+                engine_factory: Callable[[], object] | None, settings: Settings | None):
+    """The worker's connection and the engine behind it, on settings with the llama.cpp threads
+    its placement gives it. settings None: a Ray worker's process is an edge of its own, and its
+    settings are its node's environment (DUCKLLM_HOME, ...)."""
     import duckllm
-    from duckllm.settings import Settings
     from duckllm.sql import engine_of, register
-    settings = Settings.from_env(threads=threads)
+    settings = (settings or Settings.from_env()).replace(threads=threads)
     if "settings" in inspect.signature(duckllm.connect).parameters:
         if engine_factory is not None:
             con = register(duckdb.connect(), model=model, cache=cache, engine=engine_factory())
@@ -86,15 +87,9 @@ class Worker:
     """One DuckDB connection with duckllm, its model loaded once, for the worker's lifetime."""
 
     def __init__(self, model: str | None, cache: str | bool | None, threads: int | None,
-                 engine_factory: Callable[[], object] | None):
-        self.con, engine = _connection(model, cache, threads, engine_factory)
+                 engine_factory: Callable[[], object] | None, settings: Settings | None = None):
+        self.con, engine = _connection(model, cache, threads, engine_factory, settings)
         self.con.execute("SET enable_progress_bar = false")
-        self.device = engine.runtime(model).describe().get("device", "?")   # load now, once
-        self.where = f"{socket.gethostname()}:{os.getpid()}"
-        self._warn_if_gpu_unused()
-
-        if cache is False:
-            self.con.execute("SET VARIABLE duckllm_cache = false")
         self.device = engine.runtime(model).describe().get("device", "?")   # load now, once
         self.where = f"{socket.gethostname()}:{os.getpid()}"
         self._warn_if_gpu_unused()
@@ -119,13 +114,13 @@ class ShardWorker(Worker):
     """Computes shards of one plan into the output folder."""
 
     def __init__(self, sql: str, files: tuple[str, ...], exposed: tuple[str, ...], output: str, model, cache,
-                 threads, engine_factory):
+                 threads, engine_factory, settings: Settings | None = None):
         self.sql, self.files, self.exposed, self.output = sql, tuple(files), tuple(exposed), Path(output)
         if not self.output.is_dir():
             raise ShardError(f"the output folder {self.output} is not there on {socket.gethostname()}: every "
                              f"worker writes its parts there, so on several machines give a folder they all "
                              f"mount at the same path (NFS, a mounted bucket)")
-        super().__init__(model, cache, threads, engine_factory)
+        super().__init__(model, cache, threads, engine_factory, settings)
 
     def run(self, shard: Shard) -> dict:
         final = self.output / shard.part
