@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from duckllm.confidence import auroc
-from duckllm.evaluation.suite import Result, Scored
+from duckllm.evaluation.scoring import Result, Scored
 
 BINS = 10
 ABSTAIN = 0.2
