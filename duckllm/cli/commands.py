@@ -255,9 +255,10 @@ def run_command(query, address, output, model, cache, workers, gpus_per_worker, 
     def work():
         results.append(run_query(query, output, ray=address is not None, address=address, model=settings.model,
                                  cache=cache, workers=workers, gpus_per_worker=gpus_per_worker,
-                                 cpus_per_worker=cpus_per_worker, rows_per_shard=rows_per_shard, progress=report))
+                                 cpus_per_worker=cpus_per_worker, rows_per_shard=rows_per_shard, progress=report,
+                                 settings=settings))
     with _errors():
-        settings = _settings(model=model)   # TODO(issue 16): run_query(settings=...) once distributed takes Settings
+        settings = _settings(model=model)
         if address is None:   # Ctrl-C must reach the model mid-shard; on Ray the main thread takes it
             session.interruptible(None, work)
         else:
