@@ -205,7 +205,7 @@ def tables(database: Path) -> dict[str, list[dict]]:
 
 
 @pytest.mark.integration
-def test_example_dbt_project_builds_and_rebuilds_from_the_cache(small_model_path, tmp_path):
+def test_example_dbt_project_builds_and_rebuilds_from_the_cache(home, tmp_path):
     project = tmp_path / "dbt_project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(
         "target", "dbt_packages", "logs", "package-lock.yml", "*.duckdb", "*.duckdb.wal"))
@@ -214,9 +214,6 @@ def test_example_dbt_project_builds_and_rebuilds_from_the_cache(small_model_path
         "{{ config(materialized='view') }}\n"
         "SELECT {{ duckllm.classify('body', ['refund', 'delivery']) }}.label AS label\n"
         "FROM {{ ref('support_tickets') }} WHERE ticket_id = 1\n")
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / small_model_path.name).symlink_to(small_model_path)
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(("DBT_", "DUCKLLM_"))}
     env.update(DUCKLLM_HOME=str(home), DUCKLLM_DBT_MODEL=SMALL_MODEL, DUCKLLM_PROGRESS="0",
