@@ -1,7 +1,9 @@
 """Tasks are data plus small functions: the prompt, the answer space, and how to read an answer.
 
 A task is built once per distinct (arguments, options) of a call, validated at that edge, and
-then applied to many rows by the engine. It knows nothing of DuckDB or llama.cpp.
+then applied to many rows by the engine. It knows nothing of DuckDB or llama.cpp. Each task
+module also declares its SQL function (DECLARATION, see declare.py): its parameters, options,
+result fields and blank answer, from which the SQL layer makes the macros and result types.
 """
 from __future__ import annotations
 
