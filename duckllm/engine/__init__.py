@@ -40,7 +40,8 @@ def load_llama(path, fmt: Format | None) -> Runtime:
                                         n_batch=_env_int("DUCKLLM_BATCH", None, like=like["n_batch"]),
                                         # several workers on one machine split its cores (duckllm.distributed)
                                         n_threads=_env_int("DUCKLLM_THREADS", 0, lowest=0) or None,
-                                        batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)))
+                                        batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)),
+                                        verbose=bool(os.environ.get("DUCKLLM_VERBOSE")))   # llama.cpp's logs
         return _loaded[key]
 
 
