@@ -30,6 +30,7 @@ class Settings:
     batch: int | None = None            # tokens per llama.cpp batch; None: the device's default
     threads: int | None = None          # CPU threads for llama.cpp; None: the physical cores
     batch_invariant: bool = True        # a row's answer does not depend on its neighbours (CPU)
+    prefix_cache_mb: int = 1024         # shared prompts' KV states kept on disk, least recently used out; 0: off
     confirm_seconds: float = 60.0       # ask before a query estimated to take longer (terminal only)
     progress: bool | None = None        # the progress line; None: only on a terminal
     verbose: bool = False               # llama.cpp's own logs on stderr
@@ -50,11 +51,12 @@ class Settings:
             batch=read.whole("DUCKLLM_BATCH", like=512),
             threads=read.whole("DUCKLLM_THREADS", like=4, zero_is_default=True),
             batch_invariant=read.switch("DUCKLLM_BATCH_INVARIANT", True),
+            prefix_cache_mb=read.whole("DUCKLLM_PREFIX_CACHE_MB", like=1024, lowest=0),
             confirm_seconds=read.seconds("DUCKLLM_CONFIRM_SECONDS", 60.0),
             progress=read.switch("DUCKLLM_PROGRESS", None),
             verbose=read.switch("DUCKLLM_VERBOSE", False),
         )
-        return cls(**values).replace(**overrides)
+        return cls(**{k: v for k, v in values.items() if v is not None}).replace(**overrides)   # unset: the default
 
     def replace(self, **changes) -> Settings:
         """A copy with the given (non-None) values, validated as an argument is."""
@@ -71,6 +73,9 @@ class Settings:
             if name in given and (isinstance(given[name], bool) or not isinstance(given[name], int)
                                   or given[name] < 1):
                 raise ArgumentError(f"setting {name} must be a whole number from 1, got {given[name]!r}")
+        mb = given.get("prefix_cache_mb")
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 0):
+            raise ArgumentError(f"setting prefix_cache_mb must be a whole number of MB from 0 (0: off), got {mb!r}")
         return dataclasses.replace(self, **given) if given else self
 
     # ---- derived -------------------------------------------------------------------------
@@ -89,7 +94,7 @@ class _Reader:
     def raw(self, name: str) -> str:
         return self.env.get(name, "").strip()
 
-    def whole(self, name: str, like: int, zero_is_default: bool = False) -> int | None:
+    def whole(self, name: str, like: int, zero_is_default: bool = False, lowest: int = 1) -> int | None:
         raw = self.raw(name)
         if not raw:
             return None
@@ -99,8 +104,8 @@ class _Reader:
             value = -1
         if value == 0 and zero_is_default:
             return None
-        if value < 1:
-            lowest = 0 if zero_is_default else 1
+        lowest = 0 if zero_is_default else lowest
+        if value < lowest:
             raise ArgumentError(f"{name}={raw!r} is not a whole number from {lowest}; set it like "
                                 f"{name}={like}, or unset it for the default")
         return value

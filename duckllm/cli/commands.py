@@ -15,6 +15,7 @@ from duckllm import store
 from duckllm.cli import output
 from duckllm.engine import cancel
 from duckllm.errors import DuckLLMError
+from duckllm.runtime import prefix_store
 from duckllm.store import catalog
 
 
@@ -199,12 +200,12 @@ def models_path(name):
 
 @main.group()
 def cache():
-    """The persistent result cache."""
+    """The persistent result cache, and the prompts' prefix states kept beside it."""
 
 
 @cache.command("stats")
 def cache_stats():
-    """Cached results per function, and where the cache lives."""
+    """Cached results per function, where the cache lives, and the kept prompt prefix states."""
     from duckllm.engine.cache import ResultCache
     store_ = ResultCache()
     rows = store_.stats()
@@ -213,14 +214,24 @@ def cache_stats():
     for function, n in rows:
         click.echo(f"{function:20} {n:>10,} results")
     click.echo(f"{'total':20} {sum(n for _, n in rows):>10,} results")
+    folder = _prefix_folder()
+    states, size = prefix_store.usage(folder)
+    click.echo(f"prompt prefix states: {folder} ({states:,} states, {size / 1e6:.1f} MB)")
 
 
 @cache.command("clear")
 def cache_clear():
-    """Delete every cached result."""
+    """Delete every cached result and every kept prompt prefix state."""
     from duckllm.engine.cache import ResultCache
     with _errors():
         click.echo(f"removed {ResultCache().clear():,} cached results")
+    states, size = prefix_store.clear(_prefix_folder())
+    click.echo(f"removed {states:,} prompt prefix states ({size / 1e6:.1f} MB)")
+
+
+def _prefix_folder() -> Path:
+    from duckllm.home import home
+    return prefix_store.folder_in(home())
 
 
 @main.command()

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 from duckllm import store
@@ -17,8 +18,11 @@ from duckllm.engine.cache import ResultCache, key_of
 from duckllm.engine.progress import Progress
 from duckllm.engine.stats import STATS
 from duckllm.errors import ModelError
+from duckllm.home import home
 from duckllm.prompt_format import FORMATS, Format, Prompt
-from duckllm.runtime import Runtime
+from duckllm.runtime import Runtime, prefix_store
+from duckllm.runtime.prefix_store import PrefixStore
+from duckllm.settings import Settings
 from duckllm.store import catalog
 from duckllm.tasks import Task
 
@@ -40,8 +44,17 @@ def load_llama(path, fmt: Format | None) -> Runtime:
                                         n_batch=_env_int("DUCKLLM_BATCH", None, like=like["n_batch"]),
                                         # several workers on one machine split its cores (duckllm.distributed)
                                         n_threads=_env_int("DUCKLLM_THREADS", 0, lowest=0) or None,
-                                        batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)))
+                                        batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)),
+                                        prefix_store=_prefix_store(path))
         return _loaded[key]
+
+
+def _prefix_store(path) -> PrefixStore | None:
+    """Where the model's shared prompts' KV states are kept (DUCKLLM_PREFIX_CACHE_MB=0: nowhere)."""
+    mb = _env_int("DUCKLLM_PREFIX_CACHE_MB", Settings.prefix_cache_mb, lowest=0, like=Settings.prefix_cache_mb)
+    if not mb or not Path(path).is_file():      # no file: llama.cpp says what is wrong with it
+        return None
+    return PrefixStore(prefix_store.folder_in(home()), store.identity(path), max_bytes=mb << 20)
 
 
 def _env_int(name: str, default: int | None, lowest: int = 1, like: int | None = None) -> int | None:

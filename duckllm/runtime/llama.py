@@ -113,8 +113,9 @@ class _Row:
 class LlamaRuntime:
     def __init__(self, path: str | Path, fmt: Format | None = None, *, n_ctx: int | None = None,
                  n_batch: int | None = None, n_parallel: int | None = None, n_threads: int | None = None,
-                 n_gpu_layers: int | None = None, batch_invariant: bool = True):
-        """n_ctx, n_batch and n_parallel default by device (DEFAULTS)."""
+                 n_gpu_layers: int | None = None, batch_invariant: bool = True, prefix_store=None):
+        """n_ctx, n_batch and n_parallel default by device (DEFAULTS). prefix_store: a
+        runtime.prefix_store.PrefixStore that keeps shared prefixes' KV states on disk, or None."""
         import llama_cpp
 
         self._c = llama_cpp
@@ -181,6 +182,10 @@ class LlamaRuntime:
         self._pieces: list[str] | None = None
         self._masks: dict = {}
         self._tries: dict = {}
+        # keyed by what shapes a state besides the model, tokens and build (prefix_store.py)
+        self._prefix_states = prefix_store.bind(
+            llama_cpp, self._ctx, n_ctx=self.n_ctx, n_batch=self.n_batch, min_batch=self.min_batch,
+            kv_cache=self.kv_cache, n_gpu_layers=self.n_gpu_layers) if prefix_store else None
 
     # ---- resources -------------------------------------------------------------------------
 
@@ -476,16 +481,27 @@ class LlamaRuntime:
         return bool(self._c.llama_vocab_get_add_bos(self._vocab))
 
     def _ensure_prefix(self, shared: list[int]) -> None:
-        """Keep the shared prefix in sequence 0, re-evaluating only where it differs."""
+        """Keep the shared prefix in sequence 0, re-evaluating only where it differs, or loaded from
+        the prefix store (and kept there once evaluated) when there is one."""
         keep = 0
         while keep < min(len(shared), len(self._prefix)) and shared[keep] == self._prefix[keep]:
             keep += 1
         if keep == len(shared) == len(self._prefix):
             return
+        states = self._prefix_states
+        if states is not None and states.worth(shared):
+            # kept on disk: all of it from cell 0, loaded or evaluated, in the cells a new process fills
+            self._c.llama_memory_clear(self._memory, False)
+            self._prefix, keep = [], 0
+            if states.restore(PREFIX_SEQ, shared):
+                self._prefix = list(shared)
+                return
         self._c.llama_memory_seq_rm(self._memory, PREFIX_SEQ, keep, -1)
         self._prefix = shared[:keep]   # what sequence 0 holds, should the decode below fail
         self._decode([(t, keep + j, (PREFIX_SEQ,), False) for j, t in enumerate(shared[keep:])])
         self._prefix = list(shared)
+        if states is not None and keep == 0:
+            states.save(PREFIX_SEQ, shared)
 
     def _trie_of(self, options: tuple[str, ...], stop: str | None, or_end: bool) -> tuple[dict, list[int]]:
         """The options' token trie, and each option's content length (its tokens before the stop)."""
