@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from duckllm.errors import ArgumentError
+from duckllm.runtime.prefix_store import DEFAULT_MAX_MB
 
 FALSE = ("0", "off", "false", "no")
 TRUE = ("1", "on", "true", "yes")
@@ -30,7 +31,7 @@ class Settings:
     batch: int | None = None            # tokens per llama.cpp batch; None: the device's default
     threads: int | None = None          # CPU threads for llama.cpp; None: the physical cores
     batch_invariant: bool = True        # a row's answer does not depend on its neighbours (CPU)
-    prefix_cache_mb: int = 1024         # shared prompts' KV states kept on disk, least recently used out; 0: off
+    prefix_cache_mb: int = DEFAULT_MAX_MB   # shared prompts' KV states on disk, least recently used out; 0: off
     confirm_seconds: float = 60.0       # ask before a query estimated to take longer (terminal only)
     progress: bool | None = None        # the progress line; None: only on a terminal
     verbose: bool = False               # llama.cpp's own logs on stderr
@@ -51,7 +52,7 @@ class Settings:
             batch=read.whole("DUCKLLM_BATCH", like=512),
             threads=read.whole("DUCKLLM_THREADS", like=4, zero_is_default=True),
             batch_invariant=read.switch("DUCKLLM_BATCH_INVARIANT", True),
-            prefix_cache_mb=read.whole("DUCKLLM_PREFIX_CACHE_MB", like=1024, lowest=0),
+            prefix_cache_mb=read.whole("DUCKLLM_PREFIX_CACHE_MB", like=DEFAULT_MAX_MB, lowest=0),
             confirm_seconds=read.seconds("DUCKLLM_CONFIRM_SECONDS", 60.0),
             progress=read.switch("DUCKLLM_PROGRESS", None),
             verbose=read.switch("DUCKLLM_VERBOSE", False),

@@ -22,7 +22,6 @@ from duckllm.home import home
 from duckllm.prompt_format import FORMATS, Format, Prompt
 from duckllm.runtime import Runtime, prefix_store
 from duckllm.runtime.prefix_store import PrefixStore
-from duckllm.settings import Settings
 from duckllm.store import catalog
 from duckllm.tasks import Task
 
@@ -51,7 +50,7 @@ def load_llama(path, fmt: Format | None) -> Runtime:
 
 def _prefix_store(path) -> PrefixStore | None:
     """Where the model's shared prompts' KV states are kept (DUCKLLM_PREFIX_CACHE_MB=0: nowhere)."""
-    mb = _env_int("DUCKLLM_PREFIX_CACHE_MB", Settings.prefix_cache_mb, lowest=0, like=Settings.prefix_cache_mb)
+    mb = _env_int("DUCKLLM_PREFIX_CACHE_MB", prefix_store.DEFAULT_MAX_MB, lowest=0)
     if not mb or not Path(path).is_file():      # no file: llama.cpp says what is wrong with it
         return None
     return PrefixStore(prefix_store.folder_in(home()), store.identity(path), max_bytes=mb << 20)

@@ -31,10 +31,10 @@ from typing import Sequence
 
 FOLDER = "prefix"                 # under the duckllm home
 SUFFIX = ".kvstate"
-DEFAULT_MAX_MB = 1024
-# Shorter prefixes are evaluated, not kept: below this many tokens a file saves too little time to be
-# worth its disk space (bench/first_answer.py --crossover measures loading against evaluating).
-MIN_TOKENS = 64
+DEFAULT_MAX_MB = 1024            # the folder's cap (Settings.prefix_cache_mb, DUCKLLM_PREFIX_CACHE_MB)
+# Shorter prefixes are evaluated and not kept. On a CPU loading wins from a handful of tokens
+# (bench/first_answer.py --crossover); the shortest prompts duckllm makes take 44 tokens.
+MIN_TOKENS = 32
 STALE_TEMP_SECONDS = 3600         # a temporary file this old was left by a writer that died
 _FORMAT = 1                       # bump when the file layout or the key's contents change
 _MAGIC = b"DLLMPFX\x00"
