@@ -144,6 +144,7 @@ def test_several_processes_write_read_and_evict_at_once(tmp_path):
         if got is not None:
             assert got == bytes([got[0]]) * 300_000
             seen.add(got[0])
+        time.sleep(0.002)
     assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
     assert seen <= {1, 2, 3}
     assert not list(tmp_path.glob(".*.tmp"))
