@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from duckllm.errors import ArgumentError
+from duckllm.runtime.prefix_store import DEFAULT_MAX_MB
 
 FALSE = ("0", "off", "false", "no")
 TRUE = ("1", "on", "true", "yes")
@@ -33,6 +34,7 @@ class Settings:
     batch: int | None = None            # tokens per llama.cpp batch; None: the device's default
     threads: int | None = None          # CPU threads for llama.cpp; None: the physical cores
     batch_invariant: bool = True        # a row's answer does not depend on its neighbours (CPU)
+    prefix_cache_mb: int = DEFAULT_MAX_MB   # shared prompts' KV states on disk, least recently used out; 0: off
     confirm_seconds: float = 60.0       # ask before a query estimated to take longer (terminal only)
     progress: bool | None = None        # the progress line; None: only on a terminal
     verbose: bool = False               # llama.cpp's own logs on stderr
@@ -53,11 +55,12 @@ class Settings:
             batch=read.whole("DUCKLLM_BATCH", like=512),
             threads=read.whole("DUCKLLM_THREADS", like=4, zero_is_default=True),
             batch_invariant=read.switch("DUCKLLM_BATCH_INVARIANT", True),
+            prefix_cache_mb=read.whole("DUCKLLM_PREFIX_CACHE_MB", like=DEFAULT_MAX_MB, lowest=0),
             confirm_seconds=read.seconds("DUCKLLM_CONFIRM_SECONDS", 60.0),
             progress=read.switch("DUCKLLM_PROGRESS", None),
             verbose=read.switch("DUCKLLM_VERBOSE", False),
         )
-        return cls(**values).replace(**overrides)
+        return cls(**{k: v for k, v in values.items() if v is not None}).replace(**overrides)   # unset: the default
 
     def replace(self, **changes) -> Settings:
         """A copy with the given (non-None) values, validated as an argument is."""
@@ -111,6 +114,10 @@ def _checked(name: str, value):
         if not isinstance(value, bool):
             raise ArgumentError(f"setting {name} must be True or False, got {value!r}")
         return value
+    if name == "prefix_cache_mb":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ArgumentError(f"setting prefix_cache_mb must be a whole number of MB from 0 (0: off), got {value!r}")
+        return value
     if name == "confirm_seconds":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ArgumentError(f"setting confirm_seconds must be a number of seconds from 0, got {value!r}")
@@ -133,7 +140,7 @@ class _Reader:
     def raw(self, name: str) -> str:
         return self.env.get(name, "").strip()
 
-    def whole(self, name: str, like: int, zero_is_default: bool = False) -> int | None:
+    def whole(self, name: str, like: int, zero_is_default: bool = False, lowest: int = 1) -> int | None:
         raw = self.raw(name)
         if not raw:
             return None
@@ -143,8 +150,8 @@ class _Reader:
             value = -1
         if value == 0 and zero_is_default:
             return None
-        if value < 1:
-            lowest = 0 if zero_is_default else 1
+        lowest = 0 if zero_is_default else lowest
+        if value < lowest:
             raise ArgumentError(f"{name}={raw!r} is not a whole number from {lowest}; set it like "
                                 f"{name}={like}, or unset it for the default")
         return value

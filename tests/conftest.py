@@ -52,6 +52,16 @@ def settings(home):
     return Settings.from_env(model="fake")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prefix_states_apart(tmp_path_factory):
+    """Prompt prefix states go to a folder of the test session's, not the user's home."""
+    from duckllm.runtime import prefix_store
+    folder = tmp_path_factory.mktemp("prefix")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefix_store, "folder_in", lambda home: folder)
+        yield folder
+
+
 @pytest.fixture
 def fake_runtime():
     return FakeRuntime()

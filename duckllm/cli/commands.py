@@ -12,6 +12,7 @@ import duckdb
 import duckllm
 from duckllm.cli import output, session
 from duckllm.engine import Engine
+from duckllm.runtime import prefix_store
 from duckllm.settings import Settings
 from duckllm.store import ModelStore, catalog
 
@@ -165,24 +166,31 @@ def cache():
 
 @cache.command("stats")
 def cache_stats():
-    """Cached results per function, and where the cache lives."""
+    """Cached results per function, where the cache lives, and the kept prompt prefix states."""
     from duckllm.engine.cache import ResultCache
     with _errors():
-        store_ = ResultCache(_settings().result_cache_path)
+        settings = _settings()
+        store_ = ResultCache(settings.result_cache_path)
     rows = store_.stats()
     size = store_.path.stat().st_size if store_.path.exists() else 0
     click.echo(f"cache: {store_.path} ({size / 1e6:.1f} MB)")
     for function, n in rows:
         click.echo(f"{function:20} {n:>10,} results")
     click.echo(f"{'total':20} {sum(n for _, n in rows):>10,} results")
+    folder = prefix_store.folder_in(settings.home)
+    states, size = prefix_store.usage(folder)
+    click.echo(f"prompt prefix states: {folder} ({states:,} states, {size / 1e6:.1f} MB)")
 
 
 @cache.command("clear")
 def cache_clear():
-    """Delete every cached result."""
+    """Delete every cached result and every kept prompt prefix state."""
     from duckllm.engine.cache import ResultCache
     with _errors():
-        click.echo(f"removed {ResultCache(_settings().result_cache_path).clear():,} cached results")
+        settings = _settings()
+        click.echo(f"removed {ResultCache(settings.result_cache_path).clear():,} cached results")
+    states, size = prefix_store.clear(prefix_store.folder_in(settings.home))
+    click.echo(f"removed {states:,} prompt prefix states ({size / 1e6:.1f} MB)")
 
 
 @main.command()

@@ -14,7 +14,8 @@ from typing import Callable
 
 from duckllm.errors import ArgumentError
 from duckllm.prompt_format import FORMATS, Format
-from duckllm.runtime import Runtime
+from duckllm.runtime import Runtime, prefix_store
+from duckllm.runtime.prefix_store import PrefixStore
 from duckllm.settings import Settings
 from duckllm.store import ModelStore, catalog, is_path
 
@@ -69,8 +70,17 @@ def load_llama(path, fmt: Format | None, settings: Settings) -> Runtime:
     # None: the runtime's defaults for its device
     sizes = dict(n_ctx=settings.context, n_batch=settings.batch, n_parallel=settings.parallel,
                  n_threads=settings.threads, batch_invariant=settings.batch_invariant, verbose=settings.verbose)
-    key = (str(path), fmt, *sorted(sizes.items()))
+    states = _prefix_store(path, settings)
+    key = (str(path), fmt, *sorted(sizes.items()))   # the first home's prefix folder serves the process
     with _loaded_lock:
         if key not in _loaded:
-            _loaded[key] = LlamaRuntime(path, fmt, **sizes)
+            _loaded[key] = LlamaRuntime(path, fmt, **sizes, prefix_store=states)
         return _loaded[key]
+
+
+def _prefix_store(path: Path, settings: Settings) -> PrefixStore | None:
+    """Where the model's shared prompts' KV states are kept (settings.prefix_cache_mb 0: nowhere)."""
+    if not settings.prefix_cache_mb or not Path(path).is_file():   # no file: llama.cpp says what is wrong
+        return None
+    return PrefixStore(prefix_store.folder_in(settings.home), ModelStore(settings.home).identity(path),
+                       max_bytes=settings.prefix_cache_mb << 20)

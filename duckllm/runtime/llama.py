@@ -35,9 +35,11 @@ from duckllm.runtime.scheduler import Scheduler
 class LlamaRuntime:
     def __init__(self, path: str | Path, fmt: Format | None = None, *, n_ctx: int | None = None,
                  n_batch: int | None = None, n_parallel: int | None = None, n_threads: int | None = None,
-                 n_gpu_layers: int | None = None, batch_invariant: bool = True, verbose: bool = False):
+                 n_gpu_layers: int | None = None, batch_invariant: bool = True, verbose: bool = False,
+                 prefix_store=None):
         """n_ctx, n_batch and n_parallel default by device (device.DEFAULTS); verbose keeps
-        llama.cpp's own logs on stderr."""
+        llama.cpp's own logs on stderr; prefix_store: a runtime.prefix_store.PrefixStore that keeps
+        shared prefixes' KV states on disk, or None."""
         resources.start(verbose)
         self.path = Path(path)
         self.usage = Usage()
@@ -58,6 +60,10 @@ class LlamaRuntime:
             raise
         self.batch = resources.Batch(self.sizes.n_batch)
         self.scheduler = Scheduler(self.context, self.batch, self.vocab, self.sizes, self.usage)
+        if prefix_store is not None:     # keyed by what shapes a state besides the model, tokens and build
+            self.scheduler.prefix_states = prefix_store.bind(
+                self.context, resources.llama_cpp, n_ctx=self.n_ctx, n_batch=self.n_batch,
+                min_batch=self.sizes.min_batch, kv_cache=self.sizes.kv_cache, n_gpu_layers=self.n_gpu_layers)
 
     # ---- sizes and resources ---------------------------------------------------------------
 

@@ -196,6 +196,24 @@ class Context:
         """Make dest share all of source's cells."""
         llama_cpp.llama_memory_seq_cp(self._memory, source, dest, -1, -1)
 
+    def clear(self) -> None:
+        """Free every cell of every sequence."""
+        llama_cpp.llama_memory_clear(self._memory, False)
+
+    def state_get(self, seq: int, max_bytes: int) -> bytes | None:
+        """A sequence's KV state as llama.cpp serialises it; None when empty or over max_bytes."""
+        size = llama_cpp.llama_state_seq_get_size(self.ptr, seq)
+        if not size or size > max_bytes:
+            return None
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ptr, buffer, size, seq)
+        return bytes(memoryview(buffer)[:written]) if written else None
+
+    def state_set(self, seq: int, data: bytearray) -> bool:
+        """Load a state state_get gave into seq; True when it now holds it."""
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        return llama_cpp.llama_state_seq_set_data(self.ptr, buffer, len(data), seq) == len(data)
+
     def close(self) -> None:
         if self.ptr:
             llama_cpp.llama_free(self.ptr)

@@ -56,6 +56,7 @@ class Scheduler:
         self.n_ctx = context.n_ctx
         self.constraints = Constraints(vocab)
         self.prefix: list[int] = []       # the tokens sequence 0 holds
+        self.prefix_states = None         # runtime.prefix_store.ContextStates: prefixes kept on disk
         self._alone = False               # one row in flight and none waiting (guesses)
         self._feeds: list[_Feed] = []     # what the next decode feeds
 
@@ -214,16 +215,27 @@ class Scheduler:
 
     def ensure_prefix(self, shared: list[int]) -> None:
         """Make sequence 0 hold the shared prefix, evaluating only where it differs from the one
-        held: the one place a call's shared prompt turns into KV cells."""
+        held, or loading it from the prefix store (and keeping it there once evaluated): the one
+        place a call's shared prompt turns into KV cells."""
         keep = 0
         while keep < min(len(shared), len(self.prefix)) and shared[keep] == self.prefix[keep]:
             keep += 1
         if keep == len(shared) == len(self.prefix):
             return
+        states = self.prefix_states
+        if states is not None and states.worth(shared):
+            # kept on disk: all of it from cell 0, loaded or evaluated, in the cells a new process fills
+            self.context.clear()
+            self.prefix, keep = [], 0
+            if states.restore(PREFIX_SEQ, shared):
+                self.prefix = list(shared)
+                return
         self.context.seq_rm(PREFIX_SEQ, keep)
         self.prefix = shared[:keep]   # what sequence 0 holds, should the decode below fail
         self._decode(shared[keep:], list(range(keep, len(shared))), [PREFIX_SEQ] * (len(shared) - keep))
         self.prefix = list(shared)
+        if states is not None and keep == 0:
+            states.save(PREFIX_SEQ, shared)
 
     def time_prompt(self, tokens: list[int], after_prefix: bool = False) -> float:
         """Seconds to evaluate tokens as one prompt in the scratch sequence, fresh or after the
