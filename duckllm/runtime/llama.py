@@ -594,6 +594,7 @@ class _Picking:
         self.depth = 0
         self.logprobs: list[float] = []
         self.choice_logprob = 0.0
+        self.branches: list[dict[int, float]] = []
         self.result: Choice | None = None
         self.ended = False
 
@@ -603,14 +604,16 @@ class _Picking:
         scores = logits[allowed]
         pick = int(allowed[np.argmax(scores)])
         self.choice_logprob += float(logits[pick]) - _logsumexp(scores)
+        everything = _logsumexp(logits)
+        self.branches.append(dict(zip(allowed.tolist(), (scores - everything).tolist())))
         self.node = children[pick]
         if self.depth < self.content[self.node["options"][0]]:
-            self.logprobs.append(float(logits[pick]) - _logsumexp(logits))
+            self.logprobs.append(float(logits[pick]) - everything)
         self.depth += 1
         if "index" not in self.node:          # options still diverge below: decode the next token
             return [(pick, advance)]
         index, path = self.node["index"], self.node["path"]
-        self.result = Choice(index, self.logprobs, self.choice_logprob)
+        self.result = Choice(index, self.logprobs, self.choice_logprob, self.branches)
         self.ended = self.step.stop is None or index == len(self.step.options)
         fed = [pick] + path[self.depth:]      # fed[j] is followed by path[depth + j]
         callbacks = [None] * len(fed)

@@ -1,0 +1,246 @@
+"""Confidence you can act on, measured: raw confidence signals, calibration maps, thresholds.
+
+    python bench/calibration.py run --limit 200          # the model answers; saved per row
+    python bench/calibration.py signals                  # AUROC of each raw signal
+    python bench/calibration.py calibrate                # calibration from <= 100 labeled rows
+    python bench/calibration.py contextual               # label-free (contextual) calibration
+
+`run` sends a fixed-seed sample of each dataset (the library's loaders and seed) through
+duckllm's real functions on the default model, recording per row the gold answer, the answer and
+every Pick's raw result (duckllm.runtime.Choice: token log-probabilities, the restricted choice
+probability, and each decision's allowed branches), into bench/out/calibration/<model>/ as JSON
+lines, so the other commands re-use them without running the model. A run resumes where it
+stopped. Reads the suite at run time (--suite, default ../shared/data); copies none of its rows.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from duckllm import confidence, store
+from duckllm.confidence import metrics
+from duckllm.engine import Engine
+from duckllm.evaluation import suite
+from duckllm.runtime import Answer, Choice, Pick
+from duckllm.tasks import classify, classify_multi, match
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_SUITE = suite.default_suite() or ROOT.parents[1] / "shared" / "data"
+OUT = ROOT / "out" / "calibration"
+CLASSIFY = ("sms_spam", "ag_news", "banking77", "symptom2disease")
+MATCH = ("dblp_acm", "abt_buy")
+MULTI = ("restaurant8k",)
+CONTENT_FREE = ("N/A", " ", "[MASK]")   # Zhao et al. 2021: the empty one as a space (a row needs a token)
+CHUNK = 64                              # rows per engine call: a stop loses at most these
+
+
+# ---- recording the raw signals of duckllm's real functions -------------------------------------
+
+def recording(task):
+    """The task, answering as before, with every Pick's Choice kept beside its fields."""
+    def program(text, n_tokens):
+        steps, picks, reply = task.program(text, n_tokens), [], None
+        try:
+            while True:
+                step = steps.send(reply)
+                reply = yield step
+                if isinstance(step, Pick):
+                    picks.append(reply)
+        except StopIteration as stop:
+            return stop.value, picks
+
+    def read(answer, text):
+        value, picks = answer.value
+        return {**task.read(Answer(value, answer.truncated), text), "picks": [_choice(c) for c in picks],
+                "truncated": answer.truncated}
+    return dataclasses.replace(task, program=program, read=read)
+
+
+def _choice(c: Choice) -> dict:
+    return {"index": c.index, "token_logprobs": c.token_logprobs, "choice_logprob": c.choice_logprob,
+            "branches": [sorted(b.items(), key=lambda kv: -kv[1]) for b in c.branches]}
+
+
+def items(suite_dir: Path, name: str, limit: int) -> tuple[list[dict], dict]:
+    """(rows as {id, text, gold}, what the task is built from) for a dataset."""
+    spec = suite.manifest(suite_dir)[name]
+    groups = suite.sample_ids(suite.read_rows(suite_dir, spec), limit)
+    if name in CLASSIFY:
+        labels = suite.labels_of(suite_dir, spec)
+        desc = spec.get("descriptions") or suite.DESCRIPTIONS.get(name) or None
+        return ([{"id": g[0]["id"], "text": g[0]["text"], "gold": g[0]["label"]} for g in groups],
+                {"labels": labels, "descriptions": desc})
+    if name in MATCH:
+        return ([{"id": g[0]["id"], "text": match.pair(g[0]["left"], g[0]["right"]),
+                  "gold": g[0]["label"] == "match"} for g in groups], {})
+    gold = [{r["attribute"]: r["value"] != suite.MISSING for r in g} for g in groups]
+    return ([{"id": g[0]["id"], "text": g[0]["text"], "gold": [gl[s] for s in suite.SLOTS]}
+             for g, gl in zip(groups, gold)], {"labels": list(suite.SLOTS), "descriptions": suite.SLOTS})
+
+
+def task_of(name: str, built: dict):
+    if name in CLASSIFY:
+        return classify.build(built["labels"], {"descriptions": built["descriptions"]})
+    if name in MATCH:
+        return match.build()
+    return classify_multi.build(built["labels"], {"descriptions": built["descriptions"], "threshold": 0})
+
+
+def predicted(name: str, fields: dict):
+    if name in CLASSIFY:
+        return fields["label"]
+    if name in MATCH:
+        return fields["match"]
+    return [p["index"] == 0 for p in fields["picks"]]     # each label: ' yes' is option 0
+
+
+def run(args) -> None:
+    engine = Engine(model=args.model)
+    runtime = engine.runtime()
+    out = OUT / Path(store.resolve(args.model)).stem
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.datasets.split(","):
+        rows, built = items(args.suite, name, args.limit)
+        task = recording(task_of(name, built))
+        path = out / f"{name}.jsonl"
+        done = {json.loads(line)["id"] for line in path.open()} if path.exists() else set()
+        todo = [r for r in rows if r["id"] not in done]
+        meta = {"dataset": name, "task_key": task.key, **built,
+                "label_tokens": {l: runtime.tokenize(l) for l in built.get("labels") or ()},
+                "model": engine._model(None)[2]}
+        (out / f"{name}.meta.json").write_text(json.dumps(meta))
+        if name in CLASSIFY and not (out / f"{name}.content_free.json").exists():
+            (out / f"{name}.content_free.json").write_text(json.dumps(content_free(runtime, task)))
+        print(f"{name}: {len(done)} rows saved, {len(todo)} to run", file=sys.stderr)
+        started = time.perf_counter()
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start:start + CHUNK]
+            answers = engine.run(task, [r["text"] for r in chunk], use_cache=False)
+            with path.open("a") as f:
+                for r, a in zip(chunk, answers):
+                    f.write(json.dumps({"id": r["id"], "gold": r["gold"], "predicted": predicted(name, a),
+                                        "truncated": a["truncated"], "picks": a["picks"]}) + "\n")
+            n = start + len(chunk)
+            print(f"  {n}/{len(todo)} rows, {n / (time.perf_counter() - started):.2f} rows/s", file=sys.stderr)
+
+
+def content_free(runtime, task) -> list[dict]:
+    """The task's answers to content-free inputs, as the engine would ask (the engine answers a
+    blank text without the model, so the runtime is asked directly)."""
+    prompt = runtime.format.split(list(task.messages))
+    answers = runtime.run(prompt, [task.render(t) for t in CONTENT_FREE],
+                          lambda i, n: task.program(CONTENT_FREE[i], n), task.answer_tokens)
+    return [{"text": t, "picks": [_choice(c) for c in a.value[1]]} for t, a in zip(CONTENT_FREE, answers)]
+
+
+def load(model: str, name: str) -> tuple[list[dict], dict]:
+    folder = OUT / Path(store.resolve(model)).stem
+    rows = [json.loads(line) for line in (folder / f"{name}.jsonl").open()]
+    return rows, json.loads((folder / f"{name}.meta.json").read_text())
+
+
+# ---- raw signals of one Pick, compared by AUROC ------------------------------------------------
+
+def _restricted(branch) -> list[float]:
+    """A decision's allowed tokens' probabilities renormalised over them, likeliest first."""
+    logps = [lp for _, lp in branch]
+    top = max(logps)
+    weights = [math.exp(lp - top) for lp in logps]
+    return sorted((w / sum(weights) for w in weights), reverse=True)
+
+
+def _decisions(pick) -> list[list[float]]:
+    """The restricted distributions of the decisions that had a rival."""
+    return [d for d in map(_restricted, pick["branches"]) if len(d) > 1]
+
+
+def _margin(d: list[float]) -> float:
+    return d[0] - d[1]
+
+
+def _certainty(d: list[float]) -> float:
+    """1 - entropy / its most: 1 when all mass is on one branch, 0 when spread evenly."""
+    return 1 + sum(p * math.log(p) for p in d if p > 0) / math.log(len(d))
+
+
+def _in_set(pick) -> float:
+    """The share of the whole vocabulary's mass the first decision gives the options' tokens."""
+    logps = [lp for _, lp in pick["branches"][0]]
+    top = max(logps)
+    return math.exp(top) * sum(math.exp(lp - top) for lp in logps)
+
+
+SIGNALS = {
+    "mean_token": lambda k: confidence.mean_token_prob(k["token_logprobs"]) or 0.0,
+    "choice": lambda k: math.exp(k["choice_logprob"]),
+    "margin_min": lambda k: min((_margin(d) for d in _decisions(k)), default=1.0),
+    "margin_first": lambda k: next((_margin(d) for d in _decisions(k)), 1.0),
+    "certainty_first": lambda k: next((_certainty(d) for d in _decisions(k)), 1.0),
+    "in_set": _in_set,
+    "path": lambda k: math.exp(sum(k["token_logprobs"])),
+    "first_token": lambda k: math.exp(k["token_logprobs"][0]) if k["token_logprobs"] else 0.0,
+    "decided": lambda k: math.exp(sum(max(lp for _, lp in b) for b in k["branches"])),
+    "choice_x_mean_token": lambda k: math.sqrt(math.exp(k["choice_logprob"])
+                                               * (confidence.mean_token_prob(k["token_logprobs"]) or 0.0)),
+}
+
+
+def decisions_of(name: str, rows: list[dict]) -> list[tuple[dict, bool]]:
+    """(pick, answered right) for each decision scored: a row's label or match; each label's
+    yes/no of a classify_multi row."""
+    if name in MULTI:
+        return [(p, (p["index"] == 0) == g) for r in rows for p, g in zip(r["picks"], r["gold"])]
+    return [(r["picks"][0], r["predicted"] == r["gold"]) for r in rows]
+
+
+def signals(args) -> None:
+    table, pooled = [], {}
+    for name in args.datasets.split(","):
+        try:
+            rows, _ = load(args.model, name)
+        except FileNotFoundError:
+            continue
+        scored = decisions_of(name, rows)
+        right = [ok for _, ok in scored]
+        line = {"dataset": name, "rows": len(rows), "decisions": len(scored), "accuracy": sum(right) / len(right)}
+        for signal, of in SIGNALS.items():
+            values = [of(p) for p, _ in scored]
+            line[signal] = metrics.auroc(values, right)
+            if name in CLASSIFY:
+                pooled.setdefault(signal, []).extend(zip(values, right))
+        table.append(line)
+    if pooled:
+        n = len(next(iter(pooled.values())))
+        line = {"dataset": "pooled llm_classify", "rows": n, "decisions": n}
+        some = next(iter(pooled.values()))
+        line["accuracy"] = sum(ok for _, ok in some) / n
+        for signal, pairs in pooled.items():
+            line[signal] = metrics.auroc([v for v, _ in pairs], [ok for _, ok in pairs])
+        table.append(line)
+    print(markdown(table, ["dataset", "rows", "decisions", "accuracy", *SIGNALS]))
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    cell = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["run", "signals", "calibrate", "contextual"])
+    ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
+    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--datasets", default=",".join(CLASSIFY + MATCH + MULTI))
+    ap.add_argument("--limit", type=int, default=200)
+    args = ap.parse_args()
+    {"run": run, "signals": signals}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
