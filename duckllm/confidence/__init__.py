@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from duckllm.confidence.metrics import auroc  # noqa: F401  (declared there; imported from here too)
+
 
 def mean_token_prob(token_logprobs: list[float]) -> float | None:
     if not token_logprobs:
@@ -17,21 +19,3 @@ def mean_token_prob(token_logprobs: list[float]) -> float | None:
 
 def choice_prob(choice_logprob: float) -> float:
     return math.exp(choice_logprob)
-
-
-def auroc(scores: list[float], correct: list[bool]) -> float | None:
-    """Probability that a right answer scores above a wrong one (ties count half)."""
-    ranked = sorted(zip(scores, correct))
-    n_pos = sum(correct)
-    n_neg = len(correct) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        avg_rank = (i + j + 1) / 2  # 1-based ranks i+1..j
-        rank_sum += avg_rank * sum(1 for k in range(i, j) if ranked[k][1])
-        i = j
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

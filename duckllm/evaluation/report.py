@@ -10,37 +10,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from duckllm.confidence import auroc
+from duckllm.confidence import metrics
+from duckllm.confidence.metrics import BINS, auroc
 from duckllm.evaluation.suite import Result, Scored
 
-BINS = 10
 ABSTAIN = 0.2
 COLUMNS = ("dataset", "function", "method", "rows", "accuracy", "f1", "invalid", "auroc", "ece",
            "acc_at_80", "rows_per_s")
 
 
 def ece(scored: list[Scored], bins: int = BINS) -> float | None:
-    """Expected calibration error: |accuracy - mean confidence| per confidence bin, weighted."""
-    if not scored:
-        return None
-    total = 0.0
-    for b in range(bins):
-        inside = [s for s in scored if _bin(s.confidence, bins) == b]
-        if inside:
-            accuracy = sum(s.correct for s in inside) / len(inside)
-            confidence = sum(s.confidence or 0.0 for s in inside) / len(inside)
-            total += len(inside) * abs(accuracy - confidence)
-    return total / len(scored)
-
-
-def _bin(confidence: float | None, bins: int) -> int:
-    return min(int((confidence or 0.0) * bins), bins - 1)
+    return metrics.ece([s.confidence for s in scored], [s.correct for s in scored], bins)
 
 
 def accuracy_at(scored: list[Scored], coverage: float) -> float | None:
-    """Accuracy on the most confident `coverage` share of rows (abstaining on the rest)."""
-    kept = sorted(scored, key=lambda s: -(s.confidence or 0.0))[:max(1, round(coverage * len(scored)))]
-    return sum(s.correct for s in kept) / len(kept) if scored else None
+    return metrics.accuracy_at([s.confidence for s in scored], [s.correct for s in scored], coverage)
 
 
 def row(result: Result) -> dict:
@@ -101,12 +85,8 @@ def plots(out: Path, results: list[Result]) -> list[Path]:
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     for method in methods:
         scored = [s for r in results if r.method == method for s in r.scored]
-        centers, accuracies = [], []
-        for b in range(BINS):
-            inside = [s for s in scored if _bin(s.confidence, BINS) == b]
-            if inside:
-                centers.append(sum(s.confidence or 0.0 for s in inside) / len(inside))
-                accuracies.append(sum(s.correct for s in inside) / len(inside))
+        points = metrics.reliability([s.confidence for s in scored], [s.correct for s in scored])
+        centers, accuracies = [b.confidence for b in points], [b.accuracy for b in points]
         ax.plot(centers, accuracies, "o-", label=method)
     ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (all datasets)", xlim=(0, 1), ylim=(0, 1))
     ax.legend()
