@@ -41,7 +41,7 @@ def test_each_map_calibrates_an_overconfident_signal(method):
 def test_choose_avoids_a_map_that_cannot_fit_the_shape():
     on, correct = skewed(300)
     test_on, test_correct = skewed(4000, seed=2)
-    chosen, report = calibration.choose(on, correct)
+    chosen, _report = calibration.choose(on, correct)
     assert chosen.method != "temperature"
     assert metrics.ece(chosen(test_on), test_correct) < 0.05 < metrics.ece(test_on, test_correct) - 0.15
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class Map:
         return {"method": self.method, "params": self.params}
 
     @staticmethod
-    def from_json(data: dict) -> "Map":
+    def from_json(data: dict) -> Map:
         return Map(data["method"], data["params"])
 
 

@@ -7,8 +7,8 @@ A missing confidence counts as 0.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 BINS = 10
 
