@@ -18,12 +18,13 @@ import argparse
 import dataclasses
 import json
 import math
+import random
 import sys
 import time
 from pathlib import Path
 
 from duckllm import confidence, store
-from duckllm.confidence import metrics
+from duckllm.confidence import calibration, metrics
 from duckllm.engine import Engine
 from duckllm.evaluation import suite
 from duckllm.runtime import Answer, Choice, Pick
@@ -225,6 +226,89 @@ def signals(args) -> None:
     print(markdown(table, ["dataset", "rows", "decisions", "accuracy", *SIGNALS]))
 
 
+# ---- calibration from <= 100 labeled rows, cross-fitted ---------------------------------------
+
+FIT_ROWS = 100
+SEEDS = 5
+
+
+def cross_fitted(signal_rows, correct, seed: int, methods=None, answers=None, criterion="brier"
+                 ) -> tuple[list, list, list]:
+    """Fit on FIT_ROWS rows (the map chosen by held-out ECE among them), score the rest:
+    (raw first signal, calibrated, right or wrong) of the rows scored."""
+    order = list(range(len(correct)))
+    random.Random(seed).shuffle(order)
+    fit_on, score_on = order[:FIT_ROWS], order[FIT_ROWS:]
+    pick = lambda values, rows: None if values is None else [values[i] for i in rows]
+    chosen, _ = calibration.choose(pick(signal_rows, fit_on), pick(correct, fit_on), methods, seed=seed,
+                                   answers=pick(answers, fit_on), criterion=criterion)
+    calibrated = chosen(pick(signal_rows, score_on), pick(answers, score_on))
+    return ([signal_rows[i][0] for i in score_on], list(calibrated), [correct[i] for i in score_on])
+
+
+VARIANTS = {   # name: (the signals the map reads, the maps it may choose from, by answer too, criterion)
+    "mean_token, by ECE": (["mean_token"], calibration.METHODS, False, "ece"),
+    "mean_token": (["mean_token"], calibration.METHODS, False, "brier"),
+    "choice": (["choice"], calibration.METHODS, False, "brier"),
+    "margin_min": (["margin_min"], calibration.METHODS, False, "brier"),
+    "mean_token + choice, platt": (["mean_token", "choice"], ("platt",), False, "brier"),
+    "mean_token + answer, by ECE": (["mean_token"], None, True, "ece"),
+    "mean_token + answer": (["mean_token"], None, True, "brier"),
+    "choice + answer": (["choice"], None, True, "brier"),
+    "margin_min + answer": (["margin_min"], None, True, "brier"),
+}
+
+
+def calibrate(args) -> None:
+    sets = [n for n in args.datasets.split(",") if n in CLASSIFY + MATCH]
+    data = {}
+    for name in sets:
+        try:
+            rows, _ = load(args.model, name)
+        except FileNotFoundError:
+            continue
+        data[name] = decisions_of(name, rows)
+    table = []
+    for variant, (names, methods, by_answer, criterion) in VARIANTS.items():
+        per_set: dict[str, list] = {n: [] for n in data}
+        for seed in range(SEEDS):
+            for name, scored in data.items():
+                signal_rows = [[SIGNALS[s](p) for s in names] for p, _ in scored]
+                try:
+                    answers = [p["index"] for p, _ in scored] if by_answer else None
+                    raw, cal, ok = cross_fitted(signal_rows, [ok for _, ok in scored], seed, methods, answers,
+                                                criterion)
+                except calibration.CalibrationError as e:
+                    print(f"{name}: {e}", file=sys.stderr)
+                    continue
+                per_set[name].append((raw, cal, ok))
+        table.append(_calibration_line(variant, per_set))
+    print(f"Fitted on {FIT_ROWS} rows per set, scored on the rest; {SEEDS} seeds, pooled over seeds.")
+    print(markdown(table, list(table[0])))
+
+
+def _calibration_line(variant: str, per_set: dict[str, list]) -> dict:
+    """ECE per set and pooled, AUROC raw and calibrated over the classify sets, accuracy gain
+    from abstaining on the least confident 20% (calibrated confidence, pooled)."""
+    flat = lambda names, k: [v for n in names for run in per_set[n] for v in run[k]]
+    names = [n for n in per_set if per_set[n]]
+    classify_sets = [n for n in names if n in CLASSIFY]
+    line = {"variant": variant}
+    for n in names:
+        line[f"ece {n}"] = metrics.ece(flat([n], 1), flat([n], 2))
+    ok = flat(names, 2)
+    line["ece pooled"] = metrics.ece(flat(names, 1), ok)
+    line["ece raw pooled"] = metrics.ece(flat(names, 0), ok)
+    c_ok = flat(classify_sets, 2)
+    line["auroc classify raw"] = metrics.auroc(flat(classify_sets, 0), c_ok)
+    line["auroc classify cal"] = metrics.auroc(flat(classify_sets, 1), c_ok)
+    accuracy = sum(ok) / len(ok)
+    line["acc"] = accuracy
+    line["gain@80% cal"] = metrics.accuracy_at(flat(names, 1), ok, 0.8) - accuracy
+    line["gain@80% raw"] = metrics.accuracy_at(flat(names, 0), ok, 0.8) - accuracy
+    return line
+
+
 def markdown(rows: list[dict], columns: list[str]) -> str:
     cell = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -239,7 +323,7 @@ def main():
     ap.add_argument("--datasets", default=",".join(CLASSIFY + MATCH + MULTI))
     ap.add_argument("--limit", type=int, default=200)
     args = ap.parse_args()
-    {"run": run, "signals": signals}[args.command](args)
+    {"run": run, "signals": signals, "calibrate": calibrate}[args.command](args)
 
 
 if __name__ == "__main__":

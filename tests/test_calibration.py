@@ -63,15 +63,32 @@ def test_platt_takes_several_signals():
     assert abs(both.params["weights"][0]) > abs(both.params["weights"][1])
 
 
-def test_choose_picks_by_held_out_ece_and_reports_before_and_after():
+@pytest.mark.parametrize("criterion, of", [("brier", lambda s: s.brier_after), ("ece", lambda s: s.ece_after)])
+def test_choose_picks_by_a_held_out_score_and_reports_before_and_after(criterion, of):
     on, correct = overconfident(150)
-    chosen, report = calibration.choose(on, correct)
+    chosen, report = calibration.choose(on, correct, criterion=criterion)
     assert report.chosen == chosen.method and report.rows == 150
     assert {s.method for s in report.candidates} == set(calibration.METHODS)
-    best = min(s.ece_after for s in report.candidates)
-    assert next(s for s in report.candidates if s.method == chosen.method).ece_after == pytest.approx(best, abs=5e-4)
-    assert all(s.ece_before > s.ece_after for s in report.candidates)
+    best = min(of(s) for s in report.candidates)
+    assert of(next(s for s in report.candidates if s.method == chosen.method)) == pytest.approx(best, abs=5e-4)
+    assert all(s.ece_before > s.ece_after and s.brier_before > s.brier_after for s in report.candidates)
     json.dumps(report.to_json())
+
+
+def test_offsets_by_answer_fix_a_label_the_model_over_calls():
+    """Answer 'spam' is right a quarter of the time whatever its confidence says, 'ham' always:
+    one map for both cannot tell them apart, offsets by answer can."""
+    rng = random.Random(5)
+    answers = [rng.choice(["ham", "spam"]) for _ in range(400)]
+    on = [rng.uniform(0.6, 0.95) for _ in answers]
+    correct = [a == "ham" or rng.random() < 0.25 for a in answers]
+    chosen, report = calibration.choose(on[:150], correct[:150], answers=answers[:150])
+    assert chosen.method == calibration.BY_ANSWER
+    mapped = chosen(on[150:], answers[150:])
+    assert metrics.auroc(mapped, correct[150:]) > 0.8 > 0.6 > metrics.auroc(on[150:], correct[150:])
+    assert metrics.ece(mapped, correct[150:]) < 0.1 < metrics.ece(on[150:], correct[150:])
+    assert chosen.one(0.9, "ham") > 0.9 > 0.5 > chosen.one(0.9, "spam")
+    assert chosen.one(0.9, "unseen") == pytest.approx(float(calibration.fit("platt", on, correct)([0.9])[0]), abs=0.3)
 
 
 def test_a_map_is_data():

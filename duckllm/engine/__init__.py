@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from duckllm import store
+from duckllm.confidence import stored
 from duckllm.engine import cancel, speed
 from duckllm.engine.cache import ResultCache, key_of
 from duckllm.engine.progress import Progress
@@ -147,13 +148,19 @@ class Engine:
         spec = None if store.is_path(name) else catalog.lookup(name)
         return FORMATS[spec.prompt_format] if spec else None
 
-    def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None) -> list[dict | None]:
+    def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None,
+            calibrated: bool = True) -> list[dict | None]:
         """One result per text: None for NULL, task.empty for blank, else the model's answer.
-        Identical texts are answered once; cached answers are not recomputed."""
+        Identical texts are answered once; cached answers are not recomputed. calibrated: a
+        calibration fitted for this task and model (llm_calibrate) maps the confidences."""
         if self._plans is not None:
             return self._plan(task, texts, cache_enabled() if use_cache is None else use_cache)
         with cancel.working():
-            return self._run(task, texts, use_cache)
+            return self._run(task, texts, use_cache, calibrated)
+
+    def model_id(self, model: str | None = None) -> str:
+        """The identity of a model's file (its sha256) that keys cached answers and calibrations."""
+        return self._model(model)[2]
 
     def _plan(self, task: Task, texts: Sequence[str | None], use_cache: bool) -> list[None]:
         name, _, model_id = self._model(task.model)
@@ -180,7 +187,8 @@ class Engine:
                 plan.prefix_tokens = len(runtime.tokenize_prompt(prompt.shared))
         return [None] * len(texts)
 
-    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None) -> list[dict | None]:
+    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None,
+             calibrated: bool = True) -> list[dict | None]:
         started = time.perf_counter()
         use_cache = cache_enabled() if use_cache is None else use_cache
         results: list[dict | None] = [None] * len(texts)
@@ -195,13 +203,17 @@ class Engine:
         n_rows = sum(len(p) for p in positions.values())
         STATS.add(calls=1, rows=len(texts), dedup_hits=n_rows - len(positions))
 
+        calibrate = dict        # a copy; a stored calibration's map where one was fitted
+
         def deliver(text: str, result: dict) -> None:
             for i in positions[text]:
-                results[i] = dict(result)
+                results[i] = calibrate(result)
 
         todo = list(positions)
         if todo:
             _, _, model_id = self._model(task.model)
+            if calibrated:
+                calibrate = stored.applier(self.cache.path, model_id, task.key)
             keys = {text: key_of(model_id, task.key, text) for text in todo}
             if use_cache:
                 cached = self.cache.get_many(list(keys.values()))

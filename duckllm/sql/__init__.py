@@ -14,6 +14,7 @@ import pyarrow as pa
 from duckllm.engine import Engine, cancel
 from duckllm.engine.stats import FIELDS, STATS
 from duckllm.home import package_data
+from duckllm.sql import calibrate
 from duckllm.tasks import (
     classify,
     classify_multi,
@@ -134,6 +135,7 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: E
         con.create_function("__duckllm_engine", lambda: key, [], "VARCHAR", side_effects=False)
     if "__duckllm_stats" not in existing:
         con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
+    calibrate.register(con, engine, existing)     # llm_calibrate, llm_thresholds
     con.execute("SET VARIABLE duckllm_model = ?", [model])
     for script in sorted(package_data("sql_macros").glob("*.sql")):
         con.execute(script.read_text())

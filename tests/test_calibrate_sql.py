@@ -1,0 +1,116 @@
+"""llm_calibrate and llm_thresholds from SQL: fit on labeled rows, store, apply to later calls."""
+import pytest
+
+from duckllm.confidence import stored
+
+LABELS = "['refund', 'delivery']"
+# The fake runtime picks the first label named in the text (confidence 0.9), else the first label
+# (0.4): rows naming 'refund' are right 2 times in 3, the others 1 time in 3.
+REVIEWED = ([(f"please refund order {i}", "refund") for i in range(20)]
+            + [(f"refund? no, where is parcel {i}", "delivery") for i in range(10)]
+            + [(f"hello {i}", "delivery") for i in range(20)] + [(f"hi {i}", "refund") for i in range(10)])
+ROWS = "(SELECT list({'input': msg, 'output': label}) FROM reviewed)"
+
+
+def with_reviewed(con):
+    con.execute("CREATE TABLE reviewed(msg VARCHAR, label VARCHAR)")
+    con.executemany("INSERT INTO reviewed VALUES (?, ?)", REVIEWED)
+    return con
+
+
+@pytest.fixture
+def reviewed(fake_con):
+    return with_reviewed(fake_con)
+
+
+def calibrate(con, *extra):
+    return con.sql(f"SELECT * FROM llm_calibrate('llm_classify', {ROWS}, labels := {LABELS}{''.join(extra)})")
+
+
+def test_calibrate_reports_every_candidate_and_later_calls_are_calibrated(reviewed):
+    before = reviewed.execute(f"SELECT llm_classify('refund me', {LABELS})").fetchall()[0][0]
+    assert before == {"label": "refund", "confidence": 0.9, "note": None}
+    report = calibrate(reviewed).df()
+    assert set(report["method"]) == {"temperature", "platt", "isotonic", "histogram", "by_answer"}
+    assert report["chosen"].sum() == 1 and (report["rows"] == 60).all()
+    assert report["accuracy"].iloc[0] == pytest.approx(0.5)
+    assert (report["brier_after"] <= report["brier_before"] + 0.05).all()
+    after = reviewed.execute(f"SELECT llm_classify('refund me', {LABELS})").fetchall()[0][0]
+    assert after["label"] == "refund"
+    assert after["confidence"] == pytest.approx(2 / 3, abs=0.08)       # 0.9 was right 2 times in 3
+    assert after["note"].startswith("confidence calibrated (") and "60 labeled rows" in after["note"]
+
+
+def test_a_calibration_belongs_to_its_task(reviewed):
+    calibrate(reviewed).fetchall()
+    other = reviewed.execute(f"SELECT llm_classify('refund me', {LABELS}, descriptions := {{'refund': 'money back'}})"
+                             ).fetchall()[0][0]
+    assert other == {"label": "refund", "confidence": 0.9, "note": None}
+
+
+def test_a_calibration_survives_the_process_and_is_forgotten_on_request(reviewed, fake_runtime, tmp_path):
+    import duckdb
+
+    import duckllm
+    from duckllm.engine import Engine, cache
+    calibrate(reviewed, ", method := 'isotonic'").fetchall()
+    fresh = with_reviewed(duckllm.register(duckdb.connect(), model="fake", engine=Engine(
+        load=lambda path, fmt: fake_runtime, cache=cache.ResultCache(tmp_path / "fake-cache.sqlite"))))
+    assert "isotonic" in fresh.execute(f"SELECT llm_classify('refund me', {LABELS})").fetchall()[0][0]["note"]
+    forgot = calibrate(fresh, ", method := 'none'").fetchall()
+    assert [(r[1], r[2]) for r in forgot] == [("none", True)]
+    assert fresh.execute(f"SELECT llm_classify('refund me', {LABELS})").fetchall()[0][0]["note"] is None
+
+
+def test_match_is_calibrated_the_same_way(fake_con):
+    # the fake answers Yes only when 'yes' appears in the pair's text
+    pairs = ([(f'["yes {i}", "a"]', "yes") for i in range(15)] + [(f'["yes {i}", "b"]', "no") for i in range(15)]
+             + [(f"x {i}\ny", "no") for i in range(25)] + [(f"z {i}\nw", "yes") for i in range(5)])
+    fake_con.execute("CREATE TABLE pairs(p VARCHAR, gold VARCHAR)")
+    fake_con.executemany("INSERT INTO pairs VALUES (?, ?)", pairs)
+    report = fake_con.sql("SELECT * FROM llm_calibrate('llm_match', (SELECT list({'input': p, 'output': gold}) "
+                          "FROM pairs))").df()
+    assert report["chosen"].sum() == 1 and report["rows"].iloc[0] == 60
+    result = fake_con.execute("SELECT llm_match('yes one', 'yes two')").fetchall()[0][0]
+    assert result["match"] is True and result["confidence"] == pytest.approx(0.5, abs=0.1)
+    assert result["note"].startswith("confidence calibrated")
+
+
+def test_thresholds_from_targets(reviewed):
+    raw = reviewed.sql(f"SELECT * FROM llm_thresholds('llm_classify', {ROWS}, labels := {LABELS}, "
+                       f"precision := [0.6, 0.99], coverage := 0.5)").df()
+    assert list(raw["target"]) == ["precision 0.6", "precision 0.99", "coverage 0.5"]
+    assert (raw["confidence"] == "raw").all()
+    assert raw["cut"].iloc[0] == pytest.approx(0.9) and raw["accuracy"].iloc[0] == pytest.approx(2 / 3)
+    assert raw["coverage"].iloc[1] == 0 and raw["accuracy"].isna().iloc[1]       # out of reach: abstain on all
+    assert raw["coverage"].iloc[2] == pytest.approx(0.5)
+    calibrate(reviewed).fetchall()
+    cal = reviewed.sql(f"SELECT * FROM llm_thresholds('llm_classify', {ROWS}, labels := {LABELS}, "
+                       f"coverage := 0.5)").df()
+    assert cal["confidence"].iloc[0] != "raw"
+
+
+@pytest.mark.parametrize("call, says", [
+    ("llm_calibrate('llm_clean', {rows})", "cannot calibrate 'llm_clean'; it calibrates llm_classify, llm_match"),
+    ("llm_calibrate('llm_classify', {rows}, labels := ['refund'])", "output 'delivery' is not one of the labels"),
+    ("llm_calibrate('llm_classify', {rows}, labels := {labels}, method := 'magic')", "method must be one of auto"),
+    ("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': label}}) FROM reviewed LIMIT 0), "
+     "labels := {labels})", "rows is NULL: the query of labeled rows returned none"),
+    ("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': label}}) FROM (FROM reviewed LIMIT 20)), "
+     "labels := {labels})", "at least 30 labeled rows answered, got 20"),
+    ("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': 'refund'}}) FROM reviewed "
+     "WHERE msg LIKE '%refund%'), labels := {labels})", "got 0 wrong"),
+    ("llm_thresholds('llm_classify', {rows}, labels := {labels})", "give a target: precision := 0.9"),
+    ("llm_thresholds('llm_classify', {rows}, labels := {labels}, precision := 90)", "share from 0 to 1"),
+])
+def test_what_cannot_be_calibrated_says_what_to_do(reviewed, call, says):
+    import duckdb
+    with pytest.raises(duckdb.Error, match=says):
+        reviewed.sql("SELECT * FROM " + call.format(rows=ROWS, labels=LABELS)).fetchall()
+
+
+def test_results_without_a_confidence_pass_through():
+    calibration = stored.Calibration("llm_classify", {stored.WHOLE: stored.Map("platt", {"weights": [1.0], "bias": -1.0})}, 40)
+    assert calibration.apply({"label": None, "confidence": None, "note": "empty text"})["note"] == "empty text"
+    applied = calibration.apply({"label": "a", "confidence": 0.5, "note": "text truncated"})
+    assert applied["note"] == "text truncated; confidence calibrated (platt, 40 labeled rows)"
