@@ -94,12 +94,12 @@ def test_thresholds_from_targets(reviewed):
     ("llm_calibrate('llm_clean', {rows})", "cannot calibrate 'llm_clean'; it calibrates llm_classify, llm_match"),
     ("llm_calibrate('llm_classify', {rows}, labels := ['refund'])", "output 'delivery' is not one of the labels"),
     ("llm_calibrate('llm_classify', {rows}, labels := {labels}, method := 'magic')", "method must be one of auto"),
-    ("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': label}}) FROM reviewed LIMIT 0), "
-     "labels := {labels})", "rows is NULL: the query of labeled rows returned none"),
-    ("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': label}}) FROM (FROM reviewed LIMIT 20)), "
-     "labels := {labels})", "at least 30 labeled rows answered, got 20"),
-    ("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': 'refund'}}) FROM reviewed "
-     "WHERE msg LIKE '%refund%'), labels := {labels})", "got 0 wrong"),
+    (("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': label}}) FROM reviewed LIMIT 0), "
+     "labels := {labels})"), "rows is NULL: the query of labeled rows returned none"),
+    (("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': label}}) FROM (FROM reviewed LIMIT 20)), "
+     "labels := {labels})"), "at least 30 labeled rows answered, got 20"),
+    (("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': 'refund'}}) FROM reviewed "
+     "WHERE msg LIKE '%refund%'), labels := {labels})"), "got 0 wrong"),
     ("llm_thresholds('llm_classify', {rows}, labels := {labels})", "give a target: precision := 0.9"),
     ("llm_thresholds('llm_classify', {rows}, labels := {labels}, precision := 90)", "share from 0 to 1"),
 ])
