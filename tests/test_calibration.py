@@ -149,3 +149,21 @@ def test_metrics_moved_to_one_place():
     assert metrics.ece([0.95] * 10, [True] * 9 + [False]) == pytest.approx(0.05)
     assert [b.rows for b in metrics.reliability([0.05, 0.15, 0.15, 1.0], [True] * 4)] == [1, 2, 1]
     assert math.isclose(metrics.accuracy_at([0.9, 0.1], [True, False], 0.5), 1.0)
+
+
+def test_cross_fitting_scores_each_row_with_a_map_fitted_without_it():
+    on, correct = overconfident(200)
+    mapped = calibration.cross_fit(on, correct)
+    assert len(mapped) == 200 and metrics.ece(mapped, correct) < metrics.ece(on, correct) / 2
+    assert calibration.cross_fit(on[:20], correct[:20]) is None      # too few rows: nothing to report
+
+
+def test_the_bench_report_shows_confidence_after_calibration():
+    from duckllm.evaluation import report
+    from duckllm.evaluation.suite import Result, Scored
+    on, correct = overconfident(200)
+    line = report.row(Result("d", "llm_classify", "duckllm", 200, 1.0, [Scored(ok, c) for c, ok in zip(on, correct)]))
+    assert line["ece_cal"] < line["ece"] / 2 and line["auroc_cal"] > 0.7
+    assert 0 < line["coverage_p90"] < 1 and 0 < line["cut_p90"] < 1
+    few = report.row(Result("d", "llm_classify", "duckllm", 5, 1.0, [Scored(True, 0.9)] * 5))
+    assert few["ece_cal"] is None

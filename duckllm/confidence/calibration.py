@@ -288,6 +288,25 @@ def choose(signals, correct: Sequence[bool], methods: Sequence[str] | None = Non
     return fit(best.method, x, y, answers), Report(len(y), sum(y) / len(y), best.method, tuple(scores))
 
 
+def cross_fit(signals, correct: Sequence[bool], answers: Sequence | None = None, k: int = FOLDS,
+              seed: int = 0) -> np.ndarray | None:
+    """Each row's confidence from the map `choose` picks on the other folds: calibration judged
+    on rows it was not fitted on. None when the rows cannot calibrate (too few, one outcome)."""
+    fold = np.asarray(folds_of(len(correct), k, seed))
+    x, y = _features(signals), np.asarray(correct, dtype=bool)
+    a = None if answers is None else np.asarray([str(v) for v in answers], dtype=object)
+    out = np.zeros(len(y))
+    try:
+        for f in range(k):
+            test = fold == f
+            if test.any():
+                chosen, _ = choose(x[~test], y[~test], k=k, seed=seed, answers=None if a is None else a[~test])
+                out[test] = chosen(x[test], None if a is None else a[test])
+    except CalibrationError:
+        return None
+    return out
+
+
 # ---- thresholds from a target ----------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class Scored:
     correct: bool
     confidence: float | None
     invalid: bool = False
+    answer: str | None = None    # the answer given (a label), for calibration with offsets by answer
 
 
 @dataclass
@@ -202,7 +203,7 @@ def run_classification(name, spec, suite, groups, asker) -> Result:
         if isinstance(asker, DuckllmAsker):
             answers = asker(classify.build(labels, {"descriptions": desc or None}), texts)
             for a, g in zip(answers, gold):
-                result.scored.append(Scored(a["label"] == g, a["confidence"]))
+                result.scored.append(Scored(a["label"] == g, a["confidence"], answer=a["label"]))
             return
         system = f"Classify the text into one of these labels:\n{listing(labels, desc)}\nAnswer with the label only."
         normal = {_norm(l): l for l in labels}
@@ -231,7 +232,7 @@ def run_matching(name, spec, suite, groups, asker) -> Result:
         fp = sum(p and not g for (p, _, _), g in zip(predicted, gold))
         fn = sum(g and not p for (p, _, _), g in zip(predicted, gold))
         result.f1 = _f1(tp, fp, fn)
-        result.scored += [Scored(p == g, c, invalid=bad) for (p, c, bad), g in zip(predicted, gold)]
+        result.scored += [Scored(p == g, c, invalid=bad, answer=str(p).lower()) for (p, c, bad), g in zip(predicted, gold)]
     return _timed(name, "llm_match", asker, len(rows), work)
 
 
