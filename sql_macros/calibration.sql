@@ -1,16 +1,17 @@
 -- Calibrated confidence from labeled rows, the same for every function that can be calibrated
--- (llm_classify, llm_match): name the function, pass the labeled rows in the shape of `examples`
--- and the function's own arguments; the fit is stored for that task and model, and every later
+-- (llm_classify, llm_match, llm_extract: one map for its fields, offset per field): name the function, pass the labeled rows in the shape of `examples`
+-- and the function's own arguments (an llm_extract row's output is a STRUCT of the right field
+-- values, NULL where the text does not give one); the fit is stored for that task and model, and every later
 -- call of it answers with calibrated confidences (its note says 'confidence calibrated ...').
 --   SELECT * FROM llm_calibrate('llm_classify', (SELECT list({'input': msg, 'output': label}) FROM reviewed),
 --                               labels := ['ham', 'spam'])
 -- method := 'auto' (default: the map of the lowest held-out Brier score), 'temperature', 'platt',
 -- 'isotonic', 'histogram', 'by_answer', or 'none' to forget the task's calibration.
-CREATE OR REPLACE TEMP MACRO llm_calibrate(function, rows, labels := NULL, descriptions := NULL,
+CREATE OR REPLACE TEMP MACRO llm_calibrate(function, rows, labels := NULL, schema := NULL, descriptions := NULL,
                                            instructions := NULL, examples := NULL, nearest := NULL,
                                            preselect := NULL, confidence := NULL, options := NULL,
                                            model := NULL, method := NULL) AS TABLE
-    SELECT unnest(__duckllm_calibrate(function, to_json({'rows': rows, 'labels': labels,
+    SELECT unnest(__duckllm_calibrate(function, to_json({'rows': rows, 'labels': labels, 'schema': schema,
         'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
         'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'options': options,
         'model': coalesce(model, getvariable('duckllm_model')), 'method': method,
@@ -21,11 +22,11 @@ CREATE OR REPLACE TEMP MACRO llm_calibrate(function, rows, labels := NULL, descr
 -- on the labeled rows; cross-fitted when the task is calibrated.
 --   SELECT * FROM llm_thresholds('llm_classify', (SELECT list(...) FROM reviewed), labels := [...],
 --                                precision := [0.9, 0.95], coverage := 0.8)
-CREATE OR REPLACE TEMP MACRO llm_thresholds(function, rows, labels := NULL, descriptions := NULL,
+CREATE OR REPLACE TEMP MACRO llm_thresholds(function, rows, labels := NULL, schema := NULL, descriptions := NULL,
                                             instructions := NULL, examples := NULL, nearest := NULL,
                                             preselect := NULL, confidence := NULL, options := NULL,
                                             model := NULL, precision := NULL, coverage := NULL) AS TABLE
-    SELECT unnest(__duckllm_thresholds(function, to_json({'rows': rows, 'labels': labels,
+    SELECT unnest(__duckllm_thresholds(function, to_json({'rows': rows, 'labels': labels, 'schema': schema,
         'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
         'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'options': options,
         'model': coalesce(model, getvariable('duckllm_model')), 'precision': precision,

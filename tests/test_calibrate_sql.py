@@ -91,7 +91,7 @@ def test_thresholds_from_targets(reviewed):
 
 
 @pytest.mark.parametrize("call, says", [
-    ("llm_calibrate('llm_clean', {rows})", "cannot calibrate 'llm_clean'; it calibrates llm_classify, llm_match"),
+    ("llm_calibrate('llm_clean', {rows})", "cannot calibrate 'llm_clean'; it calibrates llm_classify, llm_extract, llm_match"),
     ("llm_calibrate('llm_classify', {rows}, labels := ['refund'])", "output 'delivery' is not one of the labels"),
     ("llm_calibrate('llm_classify', {rows}, labels := {labels}, method := 'magic')", "method must be one of auto"),
     (("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': label}}) FROM reviewed LIMIT 0), "
@@ -114,3 +114,19 @@ def test_results_without_a_confidence_pass_through():
     assert calibration.apply({"label": None, "confidence": None, "note": "empty text"})["note"] == "empty text"
     applied = calibration.apply({"label": "a", "confidence": 0.5, "note": "text truncated"})
     assert applied["note"] == "text truncated; confidence calibrated (platt, 40 labeled rows)"
+
+
+def test_extract_is_calibrated_per_field(fake_con):
+    # the fake writes the text's first number for an INTEGER field: right where the label agrees
+    fake_con.execute("CREATE TABLE products(t VARCHAR, n INTEGER)")
+    fake_con.executemany("INSERT INTO products VALUES (?, ?)",
+                         [(f"pack of {i}", i) for i in range(30)] + [(f"pack of {i}", i + 1) for i in range(30)])
+    report = fake_con.sql("SELECT * FROM llm_calibrate('llm_extract', (SELECT list({'input': t, 'output': {'n': n}}) "
+                          "FROM products), schema := {'n': 'INTEGER'})").df()
+    assert report["rows"].iloc[0] == 60 and report["accuracy"].iloc[0] == pytest.approx(0.5)
+    result = fake_con.execute("SELECT llm_extract('pack of 7', {'n': 'INTEGER'})").fetchall()[0][0]
+    assert result["n"] == 7 and result["confidence"]["n"] == pytest.approx(0.5, abs=0.1)
+    assert result["note"].startswith("confidence calibrated")
+    with pytest.raises(Exception, match="output must be a STRUCT of the fields' right values"):
+        fake_con.sql("SELECT * FROM llm_calibrate('llm_extract', (SELECT list({'input': t, 'output': 'x'}) "
+                     "FROM products), schema := {'n': 'INTEGER'})").fetchall()

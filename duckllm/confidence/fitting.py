@@ -9,8 +9,9 @@ held-out score (calibration.choose) and stored for the task and model (stored.py
 call of that task answers with calibrated confidences.
 
 What each function needs is one entry in GRADERS: how a labeled input becomes the function's
-text, and whether an answer is right, so the SQL macro can be generated from the functions'
-declarations.
+text, and how each confidence of its result is graded against the labeled output (llm_extract:
+one per field, one map for all fields with an offset per field). The SQL macros take the union
+of the functions' parameters, so they can be generated from the functions' declarations.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from duckllm.confidence.stored import (
     store_at,
 )
 from duckllm.errors import ArgumentError
-from duckllm.tasks import classify, match
+from duckllm.tasks import classify, extract, match
 
 FUNCTION = "llm_calibrate"
 SHAPE = "a list of STRUCTs such as [{'input': 'refund me', 'output': 'refund'}]"
@@ -39,28 +40,58 @@ REMOVE = "none"      # method := 'none' forgets the task's calibration
 class Grader:
     build: Callable[[dict], object]             # the function's task from its SQL arguments
     text: Callable[[str], str]                  # a labeled input -> the text the task answers
-    right: Callable[[dict, str], bool]          # (the task's result, the labeled output) -> right?
+    # (the task's result, the labeled output) -> (confidence, right?, answer) of each of its
+    # calibrated confidences; the answer keys offsets by answer (a label, a match, a field)
+    grade: Callable[[dict, object], list[tuple[float | None, bool, str]]]
 
 
-def _classify_right(result: dict, output: str) -> bool:
-    return result["label"] == output
+def _classify_grade(result: dict, output) -> list:
+    return [(result["confidence"], result["label"] == str(output), answer_key(result["label"]))]
 
 
 def _match_text(given: str) -> str:
     return match.pair(*match._example_pair(given))
 
 
-def _match_right(result: dict, output: str) -> bool:
-    return bool(result["match"]) == (match._yes_no(output) == match.ANSWERS[0])
+def _match_grade(result: dict, output) -> list:
+    gold = match._yes_no(str(output)) == match.ANSWERS[0]
+    return [(result["confidence"], bool(result["match"]) == gold, answer_key(result["match"]))]
+
+
+def _extract_grade(result: dict, output) -> list:
+    """Each field the labeled output gives (a STRUCT of field values; NULL: not in the text)."""
+    if isinstance(output, str):
+        try:
+            output = json.loads(output)
+        except ValueError:
+            output = None
+    if not isinstance(output, dict):
+        raise ArgumentError(f"{FUNCTION}: an llm_extract row's output must be a STRUCT of the fields' right "
+                            f"values such as {{'brand': 'Acme', 'size_gb': 64}}, got {output!r}")
+    confidences = result.get("confidence") or {}
+    return [(confidences.get(name), _same(result.get(name), gold), name)
+            for name, gold in output.items() if name in confidences]
+
+
+def _same(value, gold) -> bool:
+    if value is None or gold is None:
+        return value is None and gold is None
+    if isinstance(gold, bool) or isinstance(value, bool):
+        return str(value).lower() == str(gold).lower()
+    try:
+        return abs(float(value) - float(gold)) <= 1e-9 * max(1.0, abs(float(gold)))
+    except (TypeError, ValueError):
+        return " ".join(str(value).lower().split()) == " ".join(str(gold).lower().split())
 
 
 GRADERS = {
-    "llm_classify": Grader(classify.from_sql, str, _classify_right),
-    "llm_match": Grader(match.from_sql, _match_text, _match_right),
+    "llm_classify": Grader(classify.from_sql, str, _classify_grade),
+    "llm_match": Grader(match.from_sql, _match_text, _match_grade),
+    "llm_extract": Grader(extract.from_sql, str, _extract_grade),
 }
 
 
-def labeled(rows) -> list[tuple[str, str]]:
+def labeled(rows) -> list[tuple[str, object]]:
     """(input, output) pairs; rows with a NULL or blank input or a NULL output are skipped."""
     if isinstance(rows, str):
         rows = json.loads(rows)
@@ -77,7 +108,7 @@ def labeled(rows) -> list[tuple[str, str]]:
                                 f"rows must be {SHAPE}")
         given, wanted = row["input"], row["output"]
         if given is not None and wanted is not None and str(given).strip():
-            pairs.append((str(given), str(wanted)))
+            pairs.append((str(given), wanted if isinstance(wanted, dict) else str(wanted)))
     return pairs
 
 
@@ -93,18 +124,16 @@ def answered(engine, function: str, rows, arguments: dict):
     grader = _grader(function)
     task = grader.build(arguments)
     pairs = labeled(rows)
-    results = engine.run(task, [grader.text(given) for given, _ in pairs], calibrated=False)
-    field = ANSWER_FIELDS[function]
-    kept = [(r, wanted) for r, (_, wanted) in zip(results, pairs)
-            if r is not None and isinstance(r.get("confidence"), (int, float))]
     if function == "llm_classify":
         known = set(classify.validate_labels(arguments.get("labels")))
-        unknown = sorted({w for _, w in kept} - known)
+        unknown = sorted({str(w) for _, w in pairs} - known)
         if unknown:
             raise ArgumentError(f"{FUNCTION}: output {unknown[0]!r} is not one of the labels; each row's output "
                                 f"must be the label it should get")
-    return (task, [r["confidence"] for r, _ in kept], [grader.right(r, w) for r, w in kept],
-            [answer_key(r[field]) for r, _ in kept])
+    results = engine.run(task, [grader.text(given) for given, _ in pairs], calibrated=False)
+    graded = [g for r, (_, wanted) in zip(results, pairs) if r is not None for g in grader.grade(r, wanted)
+              if isinstance(g[0], (int, float))]
+    return task, [g[0] for g in graded], [g[1] for g in graded], [g[2] for g in graded]
 
 
 def calibrate(engine, function: str, rows, arguments: dict, method: str | None = None) -> list[dict]:

@@ -60,13 +60,18 @@ class Calibration:
                            data["rows"], data.get("report") or {})
 
     def apply(self, result: dict) -> dict:
-        """The result with its confidence mapped and the note saying so (a copy)."""
+        """The result with its confidences mapped and the note saying so (a copy)."""
         result = dict(result)
-        whole = self.maps.get(WHOLE)
-        if whole is None or not isinstance(result.get("confidence"), (int, float)):
+        whole, confidence = self.maps.get(WHOLE), result.get("confidence")
+        if whole is None:
             return result
-        answer = result.get(ANSWER_FIELDS.get(self.function, ""))
-        result["confidence"] = whole.one(result["confidence"], answer_key(answer))
+        if isinstance(confidence, dict):        # llm_extract: a confidence per field, keyed by its name
+            result["confidence"] = {name: whole.one(c, name) for name, c in confidence.items()}
+        elif isinstance(confidence, (int, float)):
+            answer = result.get(ANSWER_FIELDS.get(self.function, ""))
+            result["confidence"] = whole.one(confidence, answer_key(answer))
+        else:
+            return result
         said = note(whole.method, self.rows)
         result["note"] = f"{result['note']}; {said}" if result.get("note") else said
         return result
