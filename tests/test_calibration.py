@@ -156,6 +156,7 @@ def test_cross_fitting_scores_each_row_with_a_map_fitted_without_it():
     mapped = calibration.cross_fit(on, correct)
     assert len(mapped) == 200 and metrics.ece(mapped, correct) < metrics.ece(on, correct) / 2
     assert calibration.cross_fit(on[:20], correct[:20]) is None      # too few rows: nothing to report
+    assert calibration.cross_fit([], []) is None
 
 
 def test_the_bench_report_shows_confidence_after_calibration():

@@ -55,7 +55,7 @@ def _features(signals) -> np.ndarray:
     """Rows x signals: a flat sequence is one signal; a missing confidence counts as 0."""
     x = np.asarray([[0.0 if v is None else v for v in (s if isinstance(s, (list, tuple)) else [s])]
                     for s in signals], dtype=float)
-    return x.reshape(len(signals), -1)
+    return x.reshape(len(signals), -1) if len(x) else np.zeros((0, 1))
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,7 @@ def cross_fit(signals, correct: Sequence[bool], answers: Sequence | None = None,
     a = None if answers is None else np.asarray([str(v) for v in answers], dtype=object)
     out = np.zeros(len(y))
     try:
+        check(correct)
         for f in range(k):
             test = fold == f
             if test.any():
