@@ -9,11 +9,11 @@
 -- 'isotonic', 'histogram', 'by_answer', or 'none' to forget the task's calibration.
 CREATE OR REPLACE TEMP MACRO llm_calibrate(function, rows, labels := NULL, schema := NULL, descriptions := NULL,
                                            instructions := NULL, examples := NULL, nearest := NULL,
-                                           preselect := NULL, confidence := NULL, options := NULL,
-                                           model := NULL, method := NULL) AS TABLE
+                                           preselect := NULL, confidence := NULL, contextual := NULL,
+                                           options := NULL, model := NULL, method := NULL) AS TABLE
     SELECT unnest(__duckllm_calibrate(function, to_json({'rows': rows, 'labels': labels, 'schema': schema,
         'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
-        'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'options': options,
+        'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'contextual': contextual, 'options': options,
         'model': coalesce(model, getvariable('duckllm_model')), 'method': method,
         'cache': getvariable('duckllm_cache')})::VARCHAR), recursive := true);
 
@@ -24,10 +24,11 @@ CREATE OR REPLACE TEMP MACRO llm_calibrate(function, rows, labels := NULL, schem
 --                                precision := [0.9, 0.95], coverage := 0.8)
 CREATE OR REPLACE TEMP MACRO llm_thresholds(function, rows, labels := NULL, schema := NULL, descriptions := NULL,
                                             instructions := NULL, examples := NULL, nearest := NULL,
-                                            preselect := NULL, confidence := NULL, options := NULL,
-                                            model := NULL, precision := NULL, coverage := NULL) AS TABLE
+                                            preselect := NULL, confidence := NULL, contextual := NULL,
+                                            options := NULL, model := NULL, precision := NULL,
+                                            coverage := NULL) AS TABLE
     SELECT unnest(__duckllm_thresholds(function, to_json({'rows': rows, 'labels': labels, 'schema': schema,
         'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
-        'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'options': options,
+        'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'contextual': contextual, 'options': options,
         'model': coalesce(model, getvariable('duckllm_model')), 'precision': precision,
         'coverage': coverage, 'cache': getvariable('duckllm_cache')})::VARCHAR), recursive := true);

@@ -8,12 +8,13 @@
 
 CREATE OR REPLACE TEMP MACRO llm_classify(text, labels, options := NULL, descriptions := NULL,
                                           instructions := NULL, examples := NULL, nearest := NULL,
-                                          preselect := NULL, model := NULL, confidence := NULL) AS
+                                          preselect := NULL, model := NULL, confidence := NULL,
+                                          contextual := NULL) AS
     __duckllm_classify(text::VARCHAR, to_json({'labels': labels, 'options': options,
         'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
         'nearest': nearest, 'preselect': preselect,
         'model': coalesce(model, getvariable('duckllm_model')), 'confidence': confidence,
-        'cache': getvariable('duckllm_cache')})::VARCHAR);
+        'contextual': contextual, 'cache': getvariable('duckllm_cache')})::VARCHAR);
 
 CREATE OR REPLACE TEMP MACRO llm_clean(text, instructions := NULL, options := NULL, examples := NULL,
                                        model := NULL) AS

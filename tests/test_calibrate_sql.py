@@ -130,3 +130,24 @@ def test_extract_is_calibrated_per_field(fake_con):
     with pytest.raises(Exception, match="output must be a STRUCT of the fields' right values"):
         fake_con.sql("SELECT * FROM llm_calibrate('llm_extract', (SELECT list({'input': t, 'output': 'x'}) "
                      "FROM products), schema := {'n': 'INTEGER'})").fetchall()
+
+
+def test_the_dbt_macros_calibrate_the_same_way(reviewed):
+    import jinja2
+
+    import duckllm.dbt
+    folder = duckllm.dbt.package_path() / "macros"
+    template = jinja2.Environment(extensions=["jinja2.ext.do"]).from_string(
+        "".join((folder / name).read_text() for name in ("functions.sql", "calibration.sql")))
+    macros = type("Package", (), {})()
+    context = template.new_context({"duckllm": macros})
+    for _ in template.root_render_func(context):
+        pass
+    vars(macros).update({k: v for k, v in context.vars.items() if isinstance(v, jinja2.runtime.Macro)})
+    rows = macros.labeled_rows("reviewed", "msg", "label")
+    report = reviewed.sql(str(macros.calibrate("llm_classify", rows, labels=["refund", "delivery"]))).df()
+    assert report["chosen"].sum() == 1
+    cuts = reviewed.sql(str(macros.thresholds("llm_classify", rows, labels=["refund", "delivery"], coverage=0.5))).df()
+    assert cuts["coverage"].iloc[0] == pytest.approx(0.5)
+    answer = reviewed.sql(f"SELECT {macros.classify(repr('refund me'), ['refund', 'delivery'])}").fetchall()[0][0]
+    assert answer["note"].startswith("confidence calibrated")

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from duckllm.confidence import calibration
 from duckllm.confidence.stored import (
-    ANSWER_FIELDS,
     WHOLE,
     Calibration,
     answer_key,

@@ -108,26 +108,39 @@ class CalibrationStore:
         return db
 
     def get(self, model: str, task_key: str) -> Calibration | None:
-        db = self._db()
-        if db is None:
-            return None
+        data = self.get_data(model, task_key)
         try:
-            row = db.execute("SELECT calibration FROM calibrations WHERE model = ? AND task_key = ?",
-                             (model, task_key)).fetchone()
-            return Calibration.from_json(json.loads(row[0])) if row else None
-        except (sqlite3.Error, ValueError, KeyError) as e:
+            return None if data is None else Calibration.from_json(data)
+        except (KeyError, TypeError) as e:
             print(f"duckllm: warning: a calibration in {self.path} cannot be read ({e}); confidences stay "
                   f"raw. Fit it again with llm_calibrate.", file=sys.stderr)
             return None
 
     def put(self, model: str, task_key: str, calibration: Calibration) -> None:
         """Raises sqlite3.Error: a calibration that cannot be kept is an error of llm_calibrate."""
+        self.put_data(model, task_key, calibration.function, calibration.to_json())
+
+    def get_data(self, model: str, key: str):
+        """What is kept for a model and key (JSON data), or None."""
+        db = self._db()
+        if db is None:
+            return None
+        try:
+            row = db.execute("SELECT calibration FROM calibrations WHERE model = ? AND task_key = ?",
+                             (model, key)).fetchone()
+            return json.loads(row[0]) if row else None
+        except (sqlite3.Error, ValueError) as e:
+            print(f"duckllm: warning: a calibration in {self.path} cannot be read ({e}); confidences stay "
+                  f"raw. Fit it again with llm_calibrate.", file=sys.stderr)
+            return None
+
+    def put_data(self, model: str, key: str, function: str, data) -> None:
         db = self._db()
         if db is None:
             raise sqlite3.OperationalError(f"cannot open {self.path}: {self._broken}")
         with db:
             db.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?)",
-                       (model, task_key, calibration.function, json.dumps(calibration.to_json()), time.time()))
+                       (model, key, function, json.dumps(data), time.time()))
 
     def delete(self, model: str, task_key: str) -> bool:
         db = self._db()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from duckllm import store
-from duckllm.confidence import stored
+from duckllm.confidence import contextual, stored
 from duckllm.engine import cancel, speed
 from duckllm.engine.cache import ResultCache, key_of
 from duckllm.engine.progress import Progress
@@ -232,6 +232,8 @@ class Engine:
         """Answer texts on the model; each row is delivered, counted and cached as it finishes,
         so an interrupted call keeps what it finished."""
         runtime = self.runtime(task.model)
+        if task.contextual is not None:    # calibrated without labels: its prior, once per task and model
+            task = contextual.prepared(task, runtime, self.cache.path, model_id)
         STATS.set(device=runtime.describe().get("device", "?"))
         prompt = runtime.format.split(list(task.messages))
         progress = Progress(task.name, total=len(texts))

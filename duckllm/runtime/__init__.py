@@ -30,6 +30,8 @@ class Pick:
     stop: str | None = None      # written after the option; None: the option ends the answer
     or_end: bool = False         # the answer may end here instead: Choice.index == len(options)
     score_rest: bool = True      # score every token of the option, not just those decoded
+    prior: tuple[float, ...] | None = None   # each option's log P on content-free inputs, divided
+                                 # out where options diverge (contextual calibration)
 
 
 @dataclass(frozen=True)

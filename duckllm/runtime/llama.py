@@ -558,6 +558,13 @@ def _logsumexp(x: np.ndarray) -> float:
     return m + math.log(float(np.sum(np.exp(x - m))))
 
 
+def _prior_mass(prior: tuple[float, ...], children: dict, allowed: np.ndarray) -> np.ndarray:
+    """log of the prior probability of the options below each allowed branch (the end of an
+    or_end Pick has no prior: 1)."""
+    return np.asarray([_logsumexp(np.asarray([prior[i] if i < len(prior) else 0.0
+                                              for i in children[t]["options"]])) for t in allowed.tolist()])
+
+
 def _trie(paths: list[list[int]]) -> dict:
     """A token trie of the options. A node below which only one option remains carries that
     option's index and full token path: decoding can stop choosing there."""
@@ -602,10 +609,13 @@ class _Picking:
         children = self.node["children"]
         allowed = np.fromiter(children, dtype=np.int64)
         scores = logits[allowed]
-        pick = int(allowed[np.argmax(scores)])
-        self.choice_logprob += float(logits[pick]) - _logsumexp(scores)
         everything = _logsumexp(logits)
         self.branches.append(dict(zip(allowed.tolist(), (scores - everything).tolist())))
+        if self.step.prior:                   # each branch less the prior mass of the options below it
+            scores = scores - _prior_mass(self.step.prior, children, allowed)
+        best = int(np.argmax(scores))
+        pick = int(allowed[best])
+        self.choice_logprob += float(scores[best]) - _logsumexp(scores)
         self.node = children[pick]
         if self.depth < self.content[self.node["options"][0]]:
             self.logprobs.append(float(logits[pick]) - everything)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from duckllm.confidence import choice_prob, mean_token_prob
+from duckllm.confidence.contextual import Contextual
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Pick, answer_bound
 from duckllm.tasks import (
@@ -16,7 +17,7 @@ from duckllm.tasks import (
 
 FUNCTION = "llm_classify"
 VERSION = 2
-OPTIONS = {"descriptions", "instructions", "model", "confidence", "examples", "nearest", "preselect"}
+OPTIONS = {"descriptions", "instructions", "model", "confidence", "examples", "nearest", "preselect", "contextual"}
 CONFIDENCE_METHODS = ("mean_token", "choice")
 DEFAULT_CONFIDENCE = "mean_token"  # higher mean AUROC on the default model (README, Confidence)
 PRESELECT_ABOVE = 200   # label sets larger than this are narrowed per row by default ...
@@ -69,11 +70,15 @@ def build(labels, options=None) -> Task:
     else:
         messages += examples.as_turns(pairs, render_text, str)
     bound = max(answer_bound(label) for label in labels)
+    calibrated = _contextual(opts.get("contextual"), top, k_examples)
 
-    def program(text, n_tokens):
-        options = candidates(text)
-        choice = yield Pick(tuple(options), score_rest=method == "mean_token")
-        return options[choice.index], choice
+    def with_prior(prior: dict[str, float] | None):
+        def program(text, n_tokens):
+            options = candidates(text)
+            choice = yield Pick(tuple(options), score_rest=method == "mean_token",
+                                prior=tuple(prior[o] for o in options) if prior else None)
+            return options[choice.index], choice
+        return program
 
     def read(answer, text):
         label, choice = answer.value
@@ -82,12 +87,24 @@ def build(labels, options=None) -> Task:
         return {"label": label, "confidence": confidence, "note": TRUNCATED if answer.truncated else None}
 
     return Task(
-        name=FUNCTION, version=VERSION, messages=tuple(messages), program=program,
+        name=FUNCTION, version=VERSION, messages=tuple(messages), program=with_prior(None),
+        contextual=Contextual(tuple(labels), with_prior) if calibrated else None,
         answer_tokens=lambda n: bound, read=read, render=render_text, row_turns=row_turns,
         prepare=lambda texts: [prepare(texts) for prepare in prepares],
         empty={"label": None, "confidence": None, "note": "empty text"},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
     )
+
+
+def _contextual(value, preselect, nearest) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ArgumentError(f"{FUNCTION}: contextual must be true or false, got {value!r}")
+    if value and (preselect or nearest):
+        raise ArgumentError(f"{FUNCTION}: contextual calibration needs the same prompt for every row; "
+                            f"leave out {'preselect' if preselect else 'nearest'}, or contextual")
+    return value
 
 
 def validate_labels(labels, function: str = FUNCTION, what: str = "labels",

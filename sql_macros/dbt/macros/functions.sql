@@ -39,11 +39,11 @@
 {%- endmacro %}
 
 {% macro classify(text, labels, descriptions=none, instructions=none, examples=none, nearest=none,
-                  preselect=none, confidence=none, model=none, options=none) -%}
+                  preselect=none, confidence=none, contextual=none, model=none, options=none) -%}
   llm_classify({{ text }}, {{ duckllm._list(labels) }}{{ duckllm._named({
       'descriptions': descriptions, 'instructions': instructions, 'examples': examples,
-      'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'model': model,
-      'options': options}) }})
+      'nearest': nearest, 'preselect': preselect, 'confidence': confidence, 'contextual': contextual,
+      'model': model, 'options': options}) }})
 {%- endmacro %}
 
 {% macro classify_multi(text, labels, descriptions=none, instructions=none, threshold=none,
