@@ -183,7 +183,7 @@ SIGNALS = {
     "margin_first": lambda k: next((_margin(d) for d in _decisions(k)), 1.0),
     "certainty_first": lambda k: next((_certainty(d) for d in _decisions(k)), 1.0),
     "in_set": _in_set,
-    "path": lambda k: math.exp(sum(k["token_logprobs"])),
+    "sequence": lambda k: confidence.sequence_prob(k["token_logprobs"]) or 0.0,
     "first_token": lambda k: math.exp(k["token_logprobs"][0]) if k["token_logprobs"] else 0.0,
     "decided": lambda k: math.exp(sum(max(lp for _, lp in b) for b in k["branches"])),
     "choice_x_mean_token": lambda k: math.sqrt(math.exp(k["choice_logprob"])
@@ -200,30 +200,35 @@ def decisions_of(name: str, rows: list[dict]) -> list[tuple[dict, bool]]:
 
 
 def signals(args) -> None:
-    table, pooled = [], {}
+    """AUROC, then ECE, of each raw signal per dataset, pooled over the llm_classify sets, and
+    the mean of their per-dataset AUROCs."""
+    per_set, pooled = {}, {}
     for name in args.datasets.split(","):
         try:
             rows, _ = load(args.model, name)
         except FileNotFoundError:
             continue
         scored = decisions_of(name, rows)
-        right = [ok for _, ok in scored]
-        line = {"dataset": name, "rows": len(rows), "decisions": len(scored), "accuracy": sum(right) / len(right)}
-        for signal, of in SIGNALS.items():
-            values = [of(p) for p, _ in scored]
-            line[signal] = metrics.auroc(values, right)
-            if name in CLASSIFY:
-                pooled.setdefault(signal, []).extend(zip(values, right))
-        table.append(line)
-    if pooled:
-        n = len(next(iter(pooled.values())))
-        line = {"dataset": "pooled llm_classify", "rows": n, "decisions": n}
-        some = next(iter(pooled.values()))
-        line["accuracy"] = sum(ok for _, ok in some) / n
-        for signal, pairs in pooled.items():
-            line[signal] = metrics.auroc([v for v, _ in pairs], [ok for _, ok in pairs])
-        table.append(line)
-    print(markdown(table, ["dataset", "rows", "decisions", "accuracy", *SIGNALS]))
+        per_set[name] = (len(rows), {s: [of(p) for p, _ in scored] for s, of in SIGNALS.items()},
+                         [ok for _, ok in scored])
+        if name in CLASSIFY:
+            for s in SIGNALS:
+                pooled.setdefault(s, []).extend(zip(per_set[name][1][s], per_set[name][2]))
+    for title, measure in (("AUROC", metrics.auroc), ("ECE", metrics.ece)):
+        table = []
+        for name, (n, values, right) in per_set.items():
+            table.append({"dataset": name, "rows": n, "decisions": len(right), "accuracy": sum(right) / len(right),
+                          **{s: measure(values[s], right) for s in SIGNALS}})
+        if pooled:
+            right = [ok for _, ok in next(iter(pooled.values()))]
+            table.append({"dataset": "pooled llm_classify", "rows": len(right), "decisions": len(right),
+                          "accuracy": sum(right) / len(right),
+                          **{s: measure([v for v, _ in pairs], right) for s, pairs in pooled.items()}})
+            classify_sets = [line for line in table if line["dataset"] in CLASSIFY]
+            table.append({"dataset": "mean of llm_classify sets", **{
+                s: sum(line[s] for line in classify_sets) / len(classify_sets) for s in SIGNALS}})
+        print(f"\n{title} of each raw signal ({args.model})\n")
+        print(markdown(table, ["dataset", "rows", "decisions", "accuracy", *SIGNALS]))
 
 
 # ---- calibration from <= 100 labeled rows, cross-fitted ---------------------------------------
@@ -252,10 +257,13 @@ VARIANTS = {   # name: (the signals the map reads, the maps it may choose from, 
     "choice": (["choice"], calibration.METHODS, False, "brier"),
     "margin_min": (["margin_min"], calibration.METHODS, False, "brier"),
     "mean_token + choice, platt": (["mean_token", "choice"], ("platt",), False, "brier"),
+    "sequence": (["sequence"], calibration.METHODS, False, "brier"),
     "mean_token + answer, by ECE": (["mean_token"], None, True, "ece"),
     "mean_token + answer": (["mean_token"], None, True, "brier"),
     "choice + answer": (["choice"], None, True, "brier"),
     "margin_min + answer": (["margin_min"], None, True, "brier"),
+    "sequence + answer": (["sequence"], None, True, "brier"),
+    "decided + answer": (["decided"], None, True, "brier"),
 }
 
 
