@@ -26,6 +26,7 @@ from pathlib import Path
 from duckllm import confidence, store
 from duckllm.confidence import calibration, metrics
 from duckllm.engine import Engine
+from duckllm.engine.cache import ResultCache
 from duckllm.evaluation import suite
 from duckllm.runtime import Answer, Choice, Pick
 from duckllm.tasks import classify, classify_multi, match
@@ -43,23 +44,28 @@ CHUNK = 64                              # rows per engine call: a stop loses at 
 # ---- recording the raw signals of duckllm's real functions -------------------------------------
 
 def recording(task):
-    """The task, answering as before, with every Pick's Choice kept beside its fields."""
-    def program(text, n_tokens):
-        steps, picks, reply = task.program(text, n_tokens), [], None
-        try:
-            while True:
-                step = steps.send(reply)
-                reply = yield step
-                if isinstance(step, Pick):
-                    picks.append(reply)
-        except StopIteration as stop:
-            return stop.value, picks
+    """The task, answering as before, with every Pick's Choice kept beside its fields (also
+    when the engine gives it a contextual prior)."""
+    def recorded(inner):
+        def program(text, n_tokens):
+            steps, picks, reply = inner(text, n_tokens), [], None
+            try:
+                while True:
+                    step = steps.send(reply)
+                    reply = yield step
+                    if isinstance(step, Pick):
+                        picks.append(reply)
+            except StopIteration as stop:
+                return stop.value, picks
+        return program
 
     def read(answer, text):
         value, picks = answer.value
         return {**task.read(Answer(value, answer.truncated), text), "picks": [_choice(c) for c in picks],
                 "truncated": answer.truncated}
-    return dataclasses.replace(task, program=program, read=read)
+    prior = task.contextual and dataclasses.replace(
+        task.contextual, program=lambda p: recorded(task.contextual.program(p)))
+    return dataclasses.replace(task, program=recorded(task.program), read=read, contextual=prior or None)
 
 
 def _choice(c: Choice) -> dict:
@@ -84,9 +90,10 @@ def items(suite_dir: Path, name: str, limit: int) -> tuple[list[dict], dict]:
              for g, gl in zip(groups, gold)], {"labels": list(suite.SLOTS), "descriptions": suite.SLOTS})
 
 
-def task_of(name: str, built: dict):
+def task_of(name: str, built: dict, contextual: bool = False):
     if name in CLASSIFY:
-        return classify.build(built["labels"], {"descriptions": built["descriptions"]})
+        return classify.build(built["labels"], {"descriptions": built["descriptions"],
+                                                "contextual": True if contextual else None})
     if name in MATCH:
         return match.build()
     return classify_multi.build(built["labels"], {"descriptions": built["descriptions"], "threshold": 0})
@@ -101,20 +108,28 @@ def predicted(name: str, fields: dict):
 
 
 def run(args) -> None:
-    engine = Engine(model=args.model)
-    runtime = engine.runtime()
+    """--contextual: the same rows again (the first --limit of those saved) with contextual
+    calibration decoded (llm_classify contextual := true), saved as <dataset>.contextual.jsonl."""
     out = OUT / Path(store.resolve(args.model)).stem
     out.mkdir(parents=True, exist_ok=True)
+    engine = Engine(model=args.model, cache=ResultCache(out / "priors.sqlite"))   # the priors kept here
+    runtime = engine.runtime()
     for name in args.datasets.split(","):
-        rows, built = items(args.suite, name, args.limit)
-        task = recording(task_of(name, built))
-        path = out / f"{name}.jsonl"
+        if args.contextual:
+            saved = [json.loads(line)["id"] for line in (out / f"{name}.jsonl").open()][:args.limit]
+            rows, built = items(args.suite, name, json.loads((out / f"{name}.meta.json").read_text())["limit"])
+            rows = [r for r in rows if r["id"] in set(saved)]
+        else:
+            rows, built = items(args.suite, name, args.limit)
+        task = recording(task_of(name, built, args.contextual))
+        path = out / f"{name}{'.contextual' if args.contextual else ''}.jsonl"
         done = {json.loads(line)["id"] for line in path.open()} if path.exists() else set()
         todo = [r for r in rows if r["id"] not in done]
-        meta = {"dataset": name, "task_key": task.key, **built,
+        meta = {"dataset": name, "task_key": task.key, **built, "limit": args.limit,
                 "label_tokens": {l: runtime.tokenize(l) for l in built.get("labels") or ()},
-                "model": engine._model(None)[2]}
-        (out / f"{name}.meta.json").write_text(json.dumps(meta))
+                "model": engine.model_id()}
+        if not args.contextual:
+            (out / f"{name}.meta.json").write_text(json.dumps(meta))
         if name in CLASSIFY and not (out / f"{name}.content_free.json").exists():
             (out / f"{name}.content_free.json").write_text(json.dumps(content_free(runtime, task)))
         print(f"{name}: {len(done)} rows saved, {len(todo)} to run", file=sys.stderr)
@@ -333,9 +348,12 @@ def _label_distribution(pick, first: dict[str, int], labels: list[str]) -> list[
 
 def contextual(args) -> None:
     """Zhao et al. 2021: divide each row's label distribution by the mean distribution of the
-    content-free inputs, renormalise, answer the likeliest. Accuracy, ECE and AUROC of the
-    resulting confidence, with and without, on the saved runs."""
+    content-free inputs, renormalise, answer the likeliest. Offline from the first decision where
+    every label has a first token of its own; decoded (run --contextual, whole label paths for
+    the prior) where that run was saved. Accuracy with and without on the same rows, the paired
+    difference and its standard error, ECE and AUROC of the confidence."""
     table = []
+    folder = OUT / Path(store.resolve(args.model)).stem
     for name in [n for n in args.datasets.split(",") if n in CLASSIFY]:
         try:
             rows, meta = load(args.model, name)
@@ -343,29 +361,42 @@ def contextual(args) -> None:
             continue
         labels = meta["labels"]
         first = {l: meta["label_tokens"][l][0] for l in labels}
-        free = json.loads((OUT / Path(store.resolve(args.model)).stem / f"{name}.content_free.json").read_text())
+        free = json.loads((folder / f"{name}.content_free.json").read_text())
         priors = [_label_distribution(c["picks"][0], first, labels) for c in free]
         dists = [_label_distribution(r["picks"][0], first, labels) for r in rows]
-        if any(d is None for d in priors + dists):
-            table.append({"dataset": name, "note": "labels share first tokens: needs the decode-time correction"})
-            continue
-        prior = [sum(p[i] for p in priors) / len(priors) for i in range(len(labels))]
-        line = {"dataset": name, "rows": len(rows), "prior": " ".join(f"{l}:{p:.2f}" for l, p in zip(labels, prior))}
-        for tag, divide in (("raw", [1.0] * len(labels)), ("cc", prior)):
-            right, conf = [], []
+        if not any(d is None for d in priors + dists):
+            prior = [sum(p[i] for p in priors) / len(priors) for i in range(len(labels))]
+            raw, cc = [], []
             for r, d in zip(rows, dists):
-                q = [p / w for p, w in zip(d, divide)]
-                best = max(range(len(labels)), key=q.__getitem__)
-                right.append(labels[best] == r["gold"])
-                conf.append(q[best] / sum(q))
-            line[f"acc {tag}"] = sum(right) / len(right)
-            line[f"ece {tag}"] = metrics.ece(conf, right)
-            line[f"auroc {tag}"] = metrics.auroc(conf, right)
-            line[f"acc@80 {tag}"] = metrics.accuracy_at(conf, right, 0.8)
-        table.append(line)
-    columns = ["dataset", "rows", "prior", "acc raw", "acc cc", "ece raw", "ece cc", "auroc raw", "auroc cc",
-               "acc@80 raw", "acc@80 cc", "note"]
-    print(markdown(table, columns))
+                for out, divide in ((raw, [1.0] * len(labels)), (cc, prior)):
+                    q = [p / w for p, w in zip(d, divide)]
+                    best = max(range(len(labels)), key=q.__getitem__)
+                    out.append((labels[best] == r["gold"], q[best] / sum(q)))
+            table.append(_contextual_line(name, "first decision, offline", raw, cc))
+        decoded = folder / f"{name}.contextual.jsonl"
+        if decoded.exists():
+            by_id = {r["id"]: r for r in rows}
+            pairs = [(by_id[c["id"]], c) for c in map(json.loads, decoded.open())]
+            for signal in ("sequence", "choice"):
+                scored = lambda r: (r["predicted"] == r["gold"], SIGNALS[signal](r["picks"][0]))
+                table.append(_contextual_line(name, f"decoded, {signal}", [scored(r) for r, _ in pairs],
+                                              [scored(c) for _, c in pairs]))
+    print(markdown(table, ["dataset", "rows", "how", "acc raw", "acc cc", "gain", "se", "ece raw", "ece cc",
+                           "auroc raw", "auroc cc"]))
+
+
+def _contextual_line(name: str, how: str, raw: list, cc: list) -> dict:
+    """raw, cc: (right?, confidence) per row, the same rows."""
+    diffs = [int(b[0]) - int(a[0]) for a, b in zip(raw, cc)]
+    mean = sum(diffs) / len(diffs)
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+    line = {"dataset": name, "rows": len(raw), "how": how, "gain": mean, "se": se}
+    for tag, scored in (("raw", raw), ("cc", cc)):
+        right, conf = [ok for ok, _ in scored], [c for _, c in scored]
+        line[f"acc {tag}"] = sum(right) / len(right)
+        line[f"ece {tag}"] = metrics.ece(conf, right)
+        line[f"auroc {tag}"] = metrics.auroc(conf, right)
+    return line
 
 
 def markdown(rows: list[dict], columns: list[str]) -> str:
@@ -381,6 +412,7 @@ def main():
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--datasets", default=",".join(CLASSIFY + MATCH + MULTI))
     ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--contextual", action="store_true", help="run: decode with contextual calibration")
     args = ap.parse_args()
     {"run": run, "signals": signals, "calibrate": calibrate, "contextual": contextual}[args.command](args)
 
