@@ -20,7 +20,7 @@ VERSION = 3     # 3: the default confidence is sequence, not mean_token
 OPTIONS = {"descriptions", "instructions", "model", "confidence", "examples", "nearest", "preselect", "contextual"}
 CONFIDENCE_METHODS = ("mean_token", "choice", "sequence")
 # pooled AUROC 0.72 vs 0.62 (mean_token) over sms_spam, ag_news, banking77 and symptom2disease
-# on the default model, ECE 0.11 vs 0.21 (docs/calibration.md; bench/calibration.py signals)
+# on the default model, ECE 0.11 vs 0.24 (docs/calibration.md; bench/calibration.py signals)
 DEFAULT_CONFIDENCE = "sequence"
 SCORED = {"mean_token": mean_token_prob, "sequence": sequence_prob}   # methods that score every token
 PRESELECT_ABOVE = 200   # label sets larger than this are narrowed per row by default ...
