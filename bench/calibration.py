@@ -267,18 +267,13 @@ def cross_fitted(signal_rows, correct, seed: int, methods=None, answers=None, cr
 
 
 VARIANTS = {   # name: (the signals the map reads, the maps it may choose from, by answer too, criterion)
-    "mean_token, by ECE": (["mean_token"], calibration.METHODS, False, "ece"),
-    "mean_token": (["mean_token"], calibration.METHODS, False, "brier"),
-    "choice": (["choice"], calibration.METHODS, False, "brier"),
-    "margin_min": (["margin_min"], calibration.METHODS, False, "brier"),
-    "mean_token + choice, platt": (["mean_token", "choice"], ("platt",), False, "brier"),
-    "sequence": (["sequence"], calibration.METHODS, False, "brier"),
-    "mean_token + answer, by ECE": (["mean_token"], None, True, "ece"),
-    "mean_token + answer": (["mean_token"], None, True, "brier"),
-    "choice + answer": (["choice"], None, True, "brier"),
-    "margin_min + answer": (["margin_min"], None, True, "brier"),
-    "sequence + answer": (["sequence"], None, True, "brier"),
-    "decided + answer": (["decided"], None, True, "brier"),
+    "sequence: llm_calibrate (auto)": (["sequence"], None, True, "brier"),
+    "sequence: maps without offsets, by Brier": (["sequence"], calibration.METHODS, False, "brier"),
+    "sequence: maps without offsets, by ECE": (["sequence"], calibration.METHODS, False, "ece"),
+    "sequence: auto, by ECE": (["sequence"], None, True, "ece"),
+    "mean_token: llm_calibrate (auto)": (["mean_token"], None, True, "brier"),
+    "choice: llm_calibrate (auto)": (["choice"], None, True, "brier"),
+    "mean_token + choice: platt": (["mean_token", "choice"], ("platt",), False, "brier"),
 }
 
 
@@ -307,6 +302,42 @@ def calibrate(args) -> None:
                 per_set[name].append((raw, cal, ok))
         table.append(_calibration_line(variant, per_set))
     print(f"Fitted on {FIT_ROWS} rows per set, scored on the rest; {SEEDS} seeds, pooled over seeds.")
+    print(markdown(table, list(table[0])))
+    thresholds(data)
+
+
+TARGETS = (0.8, 0.9)
+
+
+def thresholds(data: dict[str, list]) -> None:
+    """Do cuts chosen on the labeled rows hold on new ones? Per set and seed: llm_calibrate's
+    map and cut for a target precision from the FIT_ROWS rows (their cross-fitted confidences,
+    as llm_thresholds gives them), then the precision and coverage that cut gives on the rest."""
+    table = []
+    for name, scored in data.items():
+        signal_rows = [[SIGNALS["sequence"](p)] for p, _ in scored]
+        right, answers = [ok for _, ok in scored], [p["index"] for p, _ in scored]
+        for target in TARGETS:
+            kept = total = hits = 0
+            for seed in range(SEEDS):
+                order = list(range(len(right)))
+                random.Random(seed).shuffle(order)
+                fit_on, score_on = order[:FIT_ROWS], order[FIT_ROWS:]
+                pick = lambda values, rows: [values[i] for i in rows]
+                try:
+                    chosen, report = calibration.choose(pick(signal_rows, fit_on), pick(right, fit_on), seed=seed,
+                                                        answers=pick(answers, fit_on))
+                except calibration.CalibrationError:
+                    continue
+                own = calibration.held_out(report.chosen, pick(signal_rows, fit_on), pick(right, fit_on),
+                                           seed=seed, answers=pick(answers, fit_on))
+                cut = calibration.for_precision(own, pick(right, fit_on), target).cut
+                new = chosen(pick(signal_rows, score_on), pick(answers, score_on))
+                answered = [right[i] for i, c in zip(score_on, new) if c >= cut]
+                kept, total, hits = kept + len(answered), total + len(score_on), hits + sum(answered)
+            table.append({"dataset": name, "target precision": target, "precision on new rows":
+                          hits / kept if kept else None, "coverage on new rows": kept / total if total else None})
+    print(f"\nCuts for a target precision, chosen on {FIT_ROWS} labeled rows, on the rest ({SEEDS} seeds):\n")
     print(markdown(table, list(table[0])))
 
 
