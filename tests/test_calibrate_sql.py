@@ -91,7 +91,7 @@ def test_thresholds_from_targets(reviewed):
 
 
 @pytest.mark.parametrize("call, says", [
-    ("llm_calibrate('llm_clean', {rows})", "cannot calibrate 'llm_clean'; it calibrates llm_classify, llm_extract, llm_match"),
+    ("llm_calibrate('llm_clean', {rows})", "cannot calibrate 'llm_clean'; it calibrates llm_classify, llm_classify_multi, llm_extract, llm_match"),
     ("llm_calibrate('llm_classify', {rows}, labels := ['refund'])", "output 'delivery' is not one of the labels"),
     ("llm_calibrate('llm_classify', {rows}, labels := {labels}, method := 'magic')", "method must be one of auto"),
     (("llm_calibrate('llm_classify', (SELECT list({{'input': msg, 'output': label}}) FROM reviewed LIMIT 0), "
@@ -151,3 +151,25 @@ def test_the_dbt_macros_calibrate_the_same_way(reviewed):
     assert cuts["coverage"].iloc[0] == pytest.approx(0.5)
     answer = reviewed.sql(f"SELECT {macros.classify(repr('refund me'), ['refund', 'delivery'])}").fetchall()[0][0]
     assert answer["note"].startswith("confidence calibrated")
+
+
+def test_classify_multi_is_calibrated_per_label_and_the_threshold_applies_after(fake_con):
+    # the fake answers ' yes' for every label (0.9) when the text says yes, else 0.4
+    fake_con.execute("CREATE TABLE tickets(t VARCHAR, applies VARCHAR[])")
+    fake_con.executemany("INSERT INTO tickets VALUES (?, ?)",
+                         [(f"yes, refund order {i}", ["refund"]) for i in range(30)]
+                         + [(f"order {i}", ["refund"] if i % 2 else ["delivery"]) for i in range(30)])
+    rows = "(SELECT list({'input': t, 'output': applies}) FROM tickets)"
+    call = "SELECT llm_classify_multi('yes, refund order 99', ['refund', 'delivery'], threshold := {})"
+    assert [x["label"] for x in fake_con.execute(call.format(0.5)).fetchall()[0][0]] == ["refund", "delivery"]
+    report = fake_con.sql(f"SELECT * FROM llm_calibrate('llm_classify_multi', {rows}, "
+                          f"labels := ['refund', 'delivery'], threshold := 0.5)").df()
+    assert report["rows"].iloc[0] == 120          # 60 rows x 2 labels
+    assert report["method"][report["chosen"]].iloc[0] == "by_answer"
+    probability = {x["label"]: x["confidence"] for x in fake_con.execute(call.format(0)).fetchall()[0][0]}
+    assert probability["refund"] > 0.7 > 0.3 > probability["delivery"]      # offsets by label
+    # the threshold applies to the calibrated probability, whatever threshold the fit was called with
+    assert [x["label"] for x in fake_con.execute(call.format(0.5)).fetchall()[0][0]] == ["refund"]
+    with pytest.raises(Exception, match="output names 'billing', which is not one of the labels"):
+        fake_con.sql("SELECT * FROM llm_calibrate('llm_classify_multi', [{'input': 'x', 'output': ['billing']}], "
+                     "labels := ['refund', 'delivery'])").fetchall()

@@ -10,7 +10,8 @@ call of that task answers with calibrated confidences.
 
 What each function needs is one entry in GRADERS: how a labeled input becomes the function's
 text, and how each confidence of its result is graded against the labeled output (llm_extract:
-one per field, one map for all fields with an offset per field). The SQL macros take the union
+one per field, one map for all fields with an offset per field; llm_classify_multi: each label's
+probability of applying against whether it applies, an offset per label). The SQL macros take the union
 of the functions' parameters, so they can be generated from the functions' declarations.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from duckllm.confidence.stored import (
     store_at,
 )
 from duckllm.errors import ArgumentError
-from duckllm.tasks import classify, extract, match
+from duckllm.tasks import classify, classify_multi, extract, match
 
 FUNCTION = "llm_calibrate"
 SHAPE = "a list of STRUCTs such as [{'input': 'refund me', 'output': 'refund'}]"
@@ -83,10 +84,28 @@ def _same(value, gold) -> bool:
         return " ".join(str(value).lower().split()) == " ".join(str(gold).lower().split())
 
 
+def _multi_build(arguments: dict):
+    """Every label's probability, whatever threshold the call sets (it is not part of the task)."""
+    return classify_multi.from_sql({**arguments, "threshold": 0})
+
+
+def _multi_grade(result: dict, output) -> list:
+    """Each label's probability of applying against whether it applies (the output: the labels
+    that apply, as a list or comma-separated)."""
+    gold = output if isinstance(output, list) else [s.strip() for s in str(output).split(",")]
+    gold = {str(label) for label in gold if str(label).strip()}
+    unknown = sorted(gold - {x["label"] for x in result["labels"]})
+    if unknown:
+        raise ArgumentError(f"{FUNCTION}: output names {unknown[0]!r}, which is not one of the labels; a row's "
+                            f"output lists the labels that apply, such as ['refund', 'damaged'] (or [] for none)")
+    return [(x["confidence"], x["label"] in gold, x["label"]) for x in result["labels"]]
+
+
 GRADERS = {
     "llm_classify": Grader(classify.from_sql, str, _classify_grade),
     "llm_match": Grader(match.from_sql, _match_text, _match_grade),
     "llm_extract": Grader(extract.from_sql, str, _extract_grade),
+    "llm_classify_multi": Grader(_multi_build, str, _multi_grade),
 }
 
 
@@ -107,7 +126,7 @@ def labeled(rows) -> list[tuple[str, object]]:
                                 f"rows must be {SHAPE}")
         given, wanted = row["input"], row["output"]
         if given is not None and wanted is not None and str(given).strip():
-            pairs.append((str(given), wanted if isinstance(wanted, dict) else str(wanted)))
+            pairs.append((str(given), wanted if isinstance(wanted, (dict, list)) else str(wanted)))
     return pairs
 
 

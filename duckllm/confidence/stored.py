@@ -65,6 +65,10 @@ class Calibration:
         whole, confidence = self.maps.get(WHOLE), result.get("confidence")
         if whole is None:
             return result
+        if isinstance(result.get("labels"), list):      # llm_classify_multi: P(applies) per label
+            result["labels"] = [{**x, "confidence": whole.one(x["confidence"], x["label"])}
+                                for x in result["labels"]]
+            return result                               # a list result has no note
         if isinstance(confidence, dict):        # llm_extract: a confidence per field, keyed by its name
             result["confidence"] = {name: whole.one(c, name) for name, c in confidence.items()}
         elif isinstance(confidence, (int, float)):

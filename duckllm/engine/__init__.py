@@ -207,7 +207,7 @@ class Engine:
 
         def deliver(text: str, result: dict) -> None:
             for i in positions[text]:
-                results[i] = calibrate(result)
+                results[i] = task.finish(calibrate(result))
 
         todo = list(positions)
         if todo:

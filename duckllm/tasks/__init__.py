@@ -30,6 +30,8 @@ class Task:
                                                 # (its nearest examples) between the shared ones and it
     contextual: Any = None                      # calibrated without labels: its labels and program given
                                                 # their content-free prior (confidence/contextual.py)
+    finish: Callable[[dict], dict] = lambda result: result   # each delivered result, after its
+                                                # confidences are calibrated (classify_multi's threshold)
 
 
 # options every function reads as text, and an example of each for the error message

@@ -13,7 +13,7 @@ from duckllm.tasks import Task, canonical, listing, parse_options
 from duckllm.tasks.classify import validate_descriptions, validate_labels
 
 FUNCTION = "llm_classify_multi"
-VERSION = 1
+VERSION = 2     # 2: an answer keeps every label's probability; the threshold applies on delivery
 OPTIONS = {"descriptions", "instructions", "model", "threshold"}
 DEFAULT_THRESHOLD = 0.5
 
@@ -50,11 +50,18 @@ def build(labels, options=None) -> Task:
     bound = sum(answer_bound(f"{label}:") + 4 for label in labels)
 
     def read(answer, text):
-        return {"labels": [{"label": label, "confidence": p}
-                           for label, p in zip(labels, answer.value) if p >= threshold]}
+        return {"labels": [{"label": label, "confidence": p} for label, p in zip(labels, answer.value)]}
 
+    def finish(result):
+        """The labels that apply: at least threshold sure, after any calibration of each label."""
+        kept = [x for x in result["labels"] if x["confidence"] is not None and x["confidence"] >= threshold]
+        return {**result, "labels": kept}
+
+    # the threshold only filters what is delivered: calls that differ in it share cached answers
+    # and a calibration
     return Task(
         name=FUNCTION, version=VERSION, messages=(("system", system),), program=program,
-        answer_tokens=lambda n: bound, read=read, empty={"labels": None},
-        model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
+        answer_tokens=lambda n: bound, read=read, empty={"labels": None}, finish=finish,
+        model=opts.get("model"),
+        key=canonical(FUNCTION, VERSION, labels, {k: v for k, v in opts.items() if k != "threshold"}),
     )

@@ -14,19 +14,20 @@
 
 {% macro calibrate(function, rows, labels=none, schema=none, descriptions=none, instructions=none,
                    examples=none, nearest=none, preselect=none, confidence=none, contextual=none,
-                   model=none, options=none, method=none) -%}
+                   threshold=none, model=none, options=none, method=none) -%}
   SELECT * FROM llm_calibrate({{ duckllm.literal(function) }}, {{ rows }}{{ duckllm._named({
       'labels': labels, 'schema': schema, 'descriptions': descriptions, 'instructions': instructions,
       'examples': examples, 'nearest': nearest, 'preselect': preselect, 'confidence': confidence,
-      'contextual': contextual, 'model': model, 'options': options, 'method': method}) }})
+      'contextual': contextual, 'threshold': threshold, 'model': model, 'options': options,
+      'method': method}) }})
 {%- endmacro %}
 
 {% macro thresholds(function, rows, labels=none, schema=none, descriptions=none, instructions=none,
                     examples=none, nearest=none, preselect=none, confidence=none, contextual=none,
-                    model=none, options=none, precision=none, coverage=none) -%}
+                    threshold=none, model=none, options=none, precision=none, coverage=none) -%}
   SELECT * FROM llm_thresholds({{ duckllm.literal(function) }}, {{ rows }}{{ duckllm._named({
       'labels': labels, 'schema': schema, 'descriptions': descriptions, 'instructions': instructions,
       'examples': examples, 'nearest': nearest, 'preselect': preselect, 'confidence': confidence,
-      'contextual': contextual, 'model': model, 'options': options, 'precision': precision,
-      'coverage': coverage}) }})
+      'contextual': contextual, 'threshold': threshold, 'model': model, 'options': options,
+      'precision': precision, 'coverage': coverage}) }})
 {%- endmacro %}
