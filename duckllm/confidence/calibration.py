@@ -9,11 +9,12 @@ right. Four kinds, fitted on (confidence, right or wrong) pairs:
   isotonic     the monotone step function closest to the answers (pool-adjacent-violators)
   histogram    equal-count bins of the confidence, each mapped to its share of right answers
 `choose` fits each on all but one fold and scores it on that fold (cross-fitting), and keeps
-the one whose held-out Brier score is lowest; its report gives ECE and AUROC before and after
-on the held-out folds. Brier, not ECE, decides: ECE alone rewards a map that says the base rate
-to every row (ECE near 0, AUROC 0.5); on sms_spam it picked temperature (held-out AUROC 0.55)
-over offsets by answer (0.95), whose Brier score was a quarter of it (bench/calibration.py). A map is data (to_json / from_json), so it can be stored and applied later.
-Pure: knows nothing of models, tasks or storage.
+the one whose held-out Brier score is lowest; its report gives ECE, AUROC and Brier before and
+after on the held-out folds. Brier, not ECE, decides: ECE alone rewards a map that says the
+base rate to every row (ECE near 0, AUROC 0.5); on sms_spam it picked temperature (held-out
+AUROC 0.55) over offsets by answer (0.95), whose Brier score was a quarter of it
+(bench/calibration.py). A map is data (to_json / from_json), so it can be stored and applied
+later. Pure: knows nothing of models, tasks or storage.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from duckllm.errors import ArgumentError
 
 METHODS = ("temperature", "platt", "isotonic", "histogram")
 BY_ANSWER = "by_answer"                  # a candidate too when the answers are given
-SIMPLEST_FIRST = ("none", *METHODS, BY_ANSWER)   # a tie in held-out ECE goes to the simpler map
+SIMPLEST_FIRST = ("none", *METHODS, BY_ANSWER)   # a tie in held-out score goes to the simpler map
 MIN_ROWS = 30          # fewer labeled rows than this cannot tell a map from noise
 MIN_EACH = 5           # and at least this many right and this many wrong answers among them
 FOLDS = 5
