@@ -23,16 +23,18 @@ import sys
 import time
 from pathlib import Path
 
-from duckllm import confidence, store
+from duckllm import confidence
 from duckllm.confidence import calibration, metrics
 from duckllm.engine import Engine
-from duckllm.engine.cache import ResultCache
-from duckllm.evaluation import suite
+from duckllm.evaluation import datasets
+from duckllm.evaluation.kinds import SLOTS
+from duckllm.evaluation.scoring import MISSING
 from duckllm.runtime import Answer, Choice, Pick
+from duckllm.settings import Settings
 from duckllm.tasks import classify, classify_multi, match
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_SUITE = suite.default_suite() or ROOT.parents[1] / "shared" / "data"
+DEFAULT_SUITE = datasets.default_suite() or ROOT.parents[1] / "shared" / "data"
 OUT = ROOT / "out" / "calibration"
 CLASSIFY = ("sms_spam", "ag_news", "banking77", "symptom2disease")
 MATCH = ("dblp_acm", "abt_buy")
@@ -75,19 +77,18 @@ def _choice(c: Choice) -> dict:
 
 def items(suite_dir: Path, name: str, limit: int) -> tuple[list[dict], dict]:
     """(rows as {id, text, gold}, what the task is built from) for a dataset."""
-    spec = suite.manifest(suite_dir)[name]
-    groups = suite.sample_ids(suite.read_rows(suite_dir, spec), limit)
+    dataset = datasets.Dataset.open(suite_dir, name)
+    groups = datasets.sample_ids(dataset.rows(), limit)
     if name in CLASSIFY:
-        labels = suite.labels_of(suite_dir, spec)
-        desc = spec.get("descriptions") or suite.DESCRIPTIONS.get(name) or None
+        labels, desc = dataset.labels, dataset.descriptions or None
         return ([{"id": g[0]["id"], "text": g[0]["text"], "gold": g[0]["label"]} for g in groups],
                 {"labels": labels, "descriptions": desc})
     if name in MATCH:
         return ([{"id": g[0]["id"], "text": match.pair(g[0]["left"], g[0]["right"]),
                   "gold": g[0]["label"] == "match"} for g in groups], {})
-    gold = [{r["attribute"]: r["value"] != suite.MISSING for r in g} for g in groups]
-    return ([{"id": g[0]["id"], "text": g[0]["text"], "gold": [gl[s] for s in suite.SLOTS]}
-             for g, gl in zip(groups, gold)], {"labels": list(suite.SLOTS), "descriptions": suite.SLOTS})
+    gold = [{r["attribute"]: r["value"] != MISSING for r in g} for g in groups]
+    return ([{"id": g[0]["id"], "text": g[0]["text"], "gold": [gl[s] for s in SLOTS]}
+             for g, gl in zip(groups, gold)], {"labels": list(SLOTS), "descriptions": SLOTS})
 
 
 def task_of(name: str, built: dict, contextual: bool = False):
@@ -110,9 +111,10 @@ def predicted(name: str, fields: dict):
 def run(args) -> None:
     """--contextual: the same rows again (the first --limit of those saved) with contextual
     calibration decoded (llm_classify contextual := true), saved as <dataset>.contextual.jsonl."""
-    out = OUT / Path(store.resolve(args.model)).stem
+    out = folder_of(args.model)
     out.mkdir(parents=True, exist_ok=True)
-    engine = Engine(model=args.model, cache=ResultCache(out / "priors.sqlite"))   # the priors kept here
+    # the model measured, not the cache; contextual priors kept in a file of the bench's own
+    engine = Engine(Settings.from_env(model=args.model, progress=False).with_cache(out / "priors.sqlite"))
     runtime = engine.runtime()
     for name in args.datasets.split(","):
         if args.contextual:
@@ -127,7 +129,7 @@ def run(args) -> None:
         todo = [r for r in rows if r["id"] not in done]
         meta = {"dataset": name, "task_key": task.key, **built, "limit": args.limit,
                 "label_tokens": {l: runtime.tokenize(l) for l in built.get("labels") or ()},
-                "model": engine.model_id()}
+                "model": engine.model().identity}
         if not args.contextual:
             (out / f"{name}.meta.json").write_text(json.dumps(meta))
         if name in CLASSIFY and not (out / f"{name}.content_free.json").exists():
@@ -154,8 +156,14 @@ def content_free(runtime, task) -> list[dict]:
     return [{"text": t, "picks": [_choice(c) for c in a.value[1]]} for t, a in zip(CONTENT_FREE, answers)]
 
 
+def folder_of(model: str) -> Path:
+    """Where a model's saved runs live: named after its file."""
+    from duckllm.store import ModelStore
+    return OUT / ModelStore(Settings.from_env().home).resolve(model).stem
+
+
 def load(model: str, name: str) -> tuple[list[dict], dict]:
-    folder = OUT / Path(store.resolve(model)).stem
+    folder = folder_of(model)
     rows = [json.loads(line) for line in (folder / f"{name}.jsonl").open()]
     return rows, json.loads((folder / f"{name}.meta.json").read_text())
 
@@ -384,7 +392,7 @@ def contextual(args) -> None:
     the prior) where that run was saved. Accuracy with and without on the same rows, the paired
     difference and its standard error, ECE and AUROC of the confidence."""
     table = []
-    folder = OUT / Path(store.resolve(args.model)).stem
+    folder = folder_of(args.model)
     for name in [n for n in args.datasets.split(",") if n in CLASSIFY]:
         try:
             rows, meta = load(args.model, name)

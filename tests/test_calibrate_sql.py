@@ -48,14 +48,14 @@ def test_a_calibration_belongs_to_its_task(reviewed):
     assert other == {"label": "refund", "confidence": 0.9, "note": None}
 
 
-def test_a_calibration_survives_the_process_and_is_forgotten_on_request(reviewed, fake_runtime, tmp_path):
+def test_a_calibration_survives_the_process_and_is_forgotten_on_request(reviewed, settings):
     import duckdb
 
     import duckllm
-    from duckllm.engine import Engine, cache
+    from duckllm.engine import Engine
     calibrate(reviewed, ", method := 'isotonic'").fetchall()
-    fresh = with_reviewed(duckllm.register(duckdb.connect(), model="fake", engine=Engine(
-        load=lambda path, fmt: fake_runtime, cache=cache.ResultCache(tmp_path / "fake-cache.sqlite"))))
+    # another engine on the same home, as another process would open it
+    fresh = with_reviewed(duckllm.register(duckdb.connect(), engine=Engine(settings)))
     assert "isotonic" in fresh.execute(f"SELECT llm_classify('refund me', {LABELS})").fetchall()[0][0]["note"]
     forgot = calibrate(fresh, ", method := 'none'").fetchall()
     assert [(r[1], r[2]) for r in forgot] == [("none", True)]
@@ -173,3 +173,19 @@ def test_classify_multi_is_calibrated_per_label_and_the_threshold_applies_after(
     with pytest.raises(Exception, match="output names 'billing', which is not one of the labels"):
         fake_con.sql("SELECT * FROM llm_calibrate('llm_classify_multi', [{'input': 'x', 'output': ['billing']}], "
                      "labels := ['refund', 'delivery'])").fetchall()
+
+
+def test_the_macros_take_every_parameter_of_the_functions_they_calibrate():
+    import re
+
+    import duckllm.dbt
+    from duckllm.sql import calibrate as sql_calibrate
+    from duckllm.tasks.functions import DECLARATIONS
+    calibrated = [f for f in DECLARATIONS if f.name in ("llm_classify", "llm_match", "llm_extract",
+                                                        "llm_classify_multi")]
+    assert {p.name for f in calibrated for p in f.params if not p.row} == set(sql_calibrate.parameters())
+    dbt = (duckllm.dbt.package_path() / "macros" / "calibration.sql").read_text()
+    for name, _, own, _ in sql_calibrate.MACROS:
+        declared = re.search(rf"macro {name.removeprefix('llm_')}\((.*?)\)", dbt, re.S).group(1)
+        given = {p.split("=")[0].strip() for p in declared.split(",")} - {"function", "rows"}
+        assert given == set(sql_calibrate.parameters()) | set(own), name      # the dbt macro has drifted

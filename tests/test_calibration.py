@@ -161,7 +161,7 @@ def test_cross_fitting_scores_each_row_with_a_map_fitted_without_it():
 
 def test_the_bench_report_shows_confidence_after_calibration():
     from duckllm.evaluation import report
-    from duckllm.evaluation.suite import Result, Scored
+    from duckllm.evaluation.scoring import Result, Scored
     on, correct = overconfident(200)
     line = report.row(Result("d", "llm_classify", "duckllm", 200, 1.0, [Scored(ok, c) for c, ok in zip(on, correct)]))
     assert line["ece_cal"] < line["ece"] / 2 and line["auroc_cal"] > 0.7

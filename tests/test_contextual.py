@@ -73,10 +73,8 @@ def test_contextual_calibration_needs_one_prompt_for_every_row():
 
 
 @pytest.fixture
-def fake_engine_with_runtime(fake_runtime, tmp_path):
-    from duckllm.engine import Engine, cache
-    return Engine("fake", load=lambda path, fmt: fake_runtime,
-                  cache=cache.ResultCache(tmp_path / "cache.sqlite")), fake_runtime
+def fake_engine_with_runtime(fake_engine, fake_runtime):
+    return fake_engine, fake_runtime
 
 
 @pytest.mark.integration

@@ -151,11 +151,10 @@ def test_batched_rows_match_one_row_at_a_time(runtimes):
         assert mean_token_prob(x.token_logprobs) == pytest.approx(mean_token_prob(y.token_logprobs), abs=1e-3)
 
 
-def test_batched_rows_match_one_row_at_a_time_on_the_default_model():
+def test_batched_rows_match_one_row_at_a_time_on_the_default_model(user_store):
     """The default model's K-quants take another matrix kernel in small batches (CPU_MIN_BATCH)."""
-    from duckllm import store
     try:
-        path = store.resolve(fetch=False)
+        path = user_store.resolve(fetch=False)
     except Exception:
         pytest.skip("the default model is not downloaded (the README's first command fetches it)")
     one, many = LlamaRuntime(path, n_parallel=1), LlamaRuntime(path, n_parallel=4)

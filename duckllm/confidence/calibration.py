@@ -52,6 +52,11 @@ def _sigmoid(z) -> np.ndarray:
     return 1 / (1 + np.exp(-np.clip(z, -500, 500)))
 
 
+def answer_key(answer) -> str:
+    """An answer as offsets by answer key it: a label as itself, a match as 'true'/'false'."""
+    return str(answer).lower() if isinstance(answer, bool) else str(answer)
+
+
 def _features(signals) -> np.ndarray:
     """Rows x signals: a flat sequence is one signal; a missing confidence counts as 0."""
     x = np.asarray([[0.0 if v is None else v for v in (s if isinstance(s, (list, tuple)) else [s])]

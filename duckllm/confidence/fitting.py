@@ -137,7 +137,7 @@ def _grader(function) -> Grader:
     return GRADERS[function]
 
 
-def answered(engine, function: str, rows, arguments: dict):
+def answered(engine, function: str, rows, arguments: dict, use_cache: bool | None = None):
     """(task, confidences, right or wrong, answers) of the labeled rows the model answered, raw."""
     grader = _grader(function)
     task = grader.build(arguments)
@@ -148,13 +148,14 @@ def answered(engine, function: str, rows, arguments: dict):
         if unknown:
             raise ArgumentError(f"{FUNCTION}: output {unknown[0]!r} is not one of the labels; each row's output "
                                 f"must be the label it should get")
-    results = engine.run(task, [grader.text(given) for given, _ in pairs], calibrated=False)
+    results = engine.run(task, [grader.text(given) for given, _ in pairs], use_cache=use_cache, calibrated=False)
     graded = [g for r, (_, wanted) in zip(results, pairs) if r is not None for g in grader.grade(r, wanted)
               if isinstance(g[0], (int, float))]
     return task, [g[0] for g in graded], [g[1] for g in graded], [g[2] for g in graded]
 
 
-def calibrate(engine, function: str, rows, arguments: dict, method: str | None = None) -> list[dict]:
+def calibrate(engine, function: str, rows, arguments: dict, method: str | None = None,
+              use_cache: bool | None = None) -> list[dict]:
     """Fit, store and report: one line per candidate map (the chosen one marked)."""
     method = method or AUTO
     if method not in (AUTO, REMOVE, *calibration.METHODS, calibration.BY_ANSWER):
@@ -163,14 +164,14 @@ def calibrate(engine, function: str, rows, arguments: dict, method: str | None =
     arguments = dict(arguments)
     if method == REMOVE:
         task = _grader(function).build(arguments)
-        removed = store_at(engine.cache.path).delete(engine.model_id(task.model), task.key)
+        removed = store_at(engine.cache.path).delete(engine.model(task.model).identity, task.key)
         return [{"function": function, "method": REMOVE, "chosen": removed, "rows": 0, "accuracy": None,
                  "ece_before": None, "ece_after": None, "auroc_before": None, "auroc_after": None,
                  "brier_before": None, "brier_after": None}]
-    task, confidences, right, answers = answered(engine, function, rows, arguments)
+    task, confidences, right, answers = answered(engine, function, rows, arguments, use_cache)
     methods = None if method == AUTO else (method,)
     chosen, report = calibration.choose(confidences, right, methods, answers=answers, what="rows answered")
-    store_at(engine.cache.path).put(engine.model_id(task.model), task.key,
+    store_at(engine.cache.path).put(engine.model(task.model).identity, task.key,
                                     Calibration(function, {WHOLE: chosen}, report.rows, report.to_json()))
     return [{"function": function, "method": s.method, "chosen": s.method == report.chosen, "rows": report.rows,
              "accuracy": report.accuracy, "ece_before": s.ece_before, "ece_after": s.ece_after,
@@ -178,12 +179,13 @@ def calibrate(engine, function: str, rows, arguments: dict, method: str | None =
              "brier_before": s.brier_before, "brier_after": s.brier_after} for s in report.candidates]
 
 
-def thresholds(engine, function: str, rows, arguments: dict, precision=None, coverage=None) -> list[dict]:
+def thresholds(engine, function: str, rows, arguments: dict, precision=None, coverage=None,
+               use_cache: bool | None = None) -> list[dict]:
     """Confidence cuts for target precisions and coverages, measured on the labeled rows. With a
     stored calibration, the confidences are the ones it gives each row when fitted on the other
     rows (cross-fitted), so the figures are what new rows can expect."""
-    task, confidences, right, answers = answered(engine, function, rows, dict(arguments))
-    stored = store_at(engine.cache.path).get(engine.model_id(task.model), task.key) \
+    task, confidences, right, answers = answered(engine, function, rows, dict(arguments), use_cache)
+    stored = store_at(engine.cache.path).get(engine.model(task.model).identity, task.key) \
         if engine.cache.path.is_file() else None
     calibrated = "raw"
     if stored is not None and WHOLE in stored.maps:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from duckllm.confidence.calibration import Map
+from duckllm.confidence.calibration import Map, answer_key
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS calibrations (
     model TEXT NOT NULL,
@@ -79,11 +79,6 @@ class Calibration:
         said = note(whole.method, self.rows)
         result["note"] = f"{result['note']}; {said}" if result.get("note") else said
         return result
-
-
-def answer_key(answer) -> str:
-    """An answer as the offsets by answer key it: a label as itself, a match as 'true'/'false'."""
-    return str(answer).lower() if isinstance(answer, bool) else str(answer)
 
 
 class CalibrationStore:

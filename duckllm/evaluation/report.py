@@ -14,7 +14,7 @@ from pathlib import Path
 
 from duckllm.confidence import calibration, metrics
 from duckllm.confidence.metrics import BINS, auroc
-from duckllm.evaluation.suite import Result, Scored
+from duckllm.evaluation.scoring import Result, Scored
 
 ABSTAIN = 0.2
 COLUMNS = ("dataset", "function", "method", "rows", "accuracy", "f1", "invalid", "auroc", "ece",

@@ -14,10 +14,31 @@ from duckllm.tasks import (
     parse_options,
     whole_number,
 )
+from duckllm.tasks.declare import (
+    CONFIDENCE,
+    DESCRIPTIONS,
+    EMPTY_TEXT,
+    EXAMPLES,
+    INSTRUCTIONS,
+    MODEL,
+    NOTE,
+    OPTIONS,
+    TEXT,
+    Field,
+    Function,
+    Param,
+)
 
-FUNCTION = "llm_classify"
+DECLARATION = Function(
+    "llm_classify",
+    params=(TEXT, Param("labels", "VARCHAR[]", positional=True), OPTIONS, DESCRIPTIONS, INSTRUCTIONS, EXAMPLES,
+            Param("nearest", "INTEGER"), Param("preselect", "INTEGER"), MODEL, Param("confidence", "VARCHAR"),
+            Param("contextual", "BOOLEAN")),
+    result=(Field("label", "VARCHAR"), CONFIDENCE, NOTE),
+    blank={"label": None, "confidence": None, "note": EMPTY_TEXT},
+)
+FUNCTION = DECLARATION.name
 VERSION = 3     # 3: the default confidence is sequence, not mean_token
-OPTIONS = {"descriptions", "instructions", "model", "confidence", "examples", "nearest", "preselect", "contextual"}
 CONFIDENCE_METHODS = ("mean_token", "choice", "sequence")
 # pooled AUROC 0.72 vs 0.62 (mean_token) over sms_spam, ag_news, banking77 and symptom2disease
 # on the default model, ECE 0.11 vs 0.24 (docs/calibration.md; bench/calibration.py signals)
@@ -37,7 +58,7 @@ def from_sql(args: dict) -> Task:
 
 def build(labels, options=None) -> Task:
     labels = validate_labels(labels)
-    opts = parse_options(FUNCTION, options, OPTIONS)
+    opts = parse_options(FUNCTION, options, DECLARATION.options)
     descriptions = validate_descriptions(labels, opts.get("descriptions"))
     method = opts.get("confidence", DEFAULT_CONFIDENCE)
     if method not in CONFIDENCE_METHODS:
@@ -94,7 +115,7 @@ def build(labels, options=None) -> Task:
         contextual=Contextual(tuple(labels), with_prior) if calibrated else None,
         answer_tokens=lambda n: bound, read=read, render=render_text, row_turns=row_turns,
         prepare=lambda texts: [prepare(texts) for prepare in prepares],
-        empty={"label": None, "confidence": None, "note": "empty text"},
+        empty=DECLARATION.blank,
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
     )
 

@@ -7,10 +7,28 @@ from duckllm.confidence import choice_prob
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Parts, Pick, single
 from duckllm.tasks import TRUNCATED, Task, canonical, examples, instructed
+from duckllm.tasks.declare import (
+    CONFIDENCE,
+    EXAMPLES,
+    INSTRUCTIONS,
+    MODEL,
+    NOTE,
+    OPTIONS,
+    Field,
+    Function,
+    Param,
+)
 
-FUNCTION = "llm_match"
+# The pair travels to the UDF as one JSON text (pair() below), so dedup and the cache key on it.
+DECLARATION = Function(
+    "llm_match",
+    params=(Param("a", "VARCHAR", positional=True, row=True), Param("b", "VARCHAR", positional=True, row=True),
+            INSTRUCTIONS, OPTIONS, EXAMPLES, MODEL),
+    result=(Field("match", "BOOLEAN"), CONFIDENCE, NOTE),
+    blank={"match": None, "confidence": None, "note": "empty record"},
+)
+FUNCTION = DECLARATION.name
 VERSION = 4     # 4: a pair too long for the context is cut from both records, not only the second
-OPTIONS = {"instructions", "model", "examples"}
 ANSWERS = ("Yes", "No")   # as chat models write them: lower case pulled answers away (bench)
 # Confidence is P(the answer | Yes or No): the probability of the one answer token over the
 # whole vocabulary also holds the mass of other spellings, and says less.
@@ -36,7 +54,7 @@ def from_sql(args: dict) -> Task:
 
 
 def build(instructions=None, options=None) -> Task:
-    system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, OPTIONS)
+    system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, DECLARATION.options)
     given = examples.parse(FUNCTION, opts.get("examples"), _check_example)
     messages = [("system", system)] + examples.as_turns(
         [(pair(*_example_pair(i)), _yes_no(o)) for i, o in given], render, str)
@@ -49,7 +67,7 @@ def build(instructions=None, options=None) -> Task:
     return Task(
         name=FUNCTION, version=VERSION, messages=tuple(messages), render=render,
         program=lambda text, n: single(Pick(ANSWERS)), answer_tokens=lambda n: 4, read=read,
-        empty={"match": None, "confidence": None, "note": "empty record"},
+        empty=DECLARATION.blank,
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, instructions, opts),
     )
 
