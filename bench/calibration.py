@@ -379,7 +379,7 @@ def _label_distribution(pick, first: dict[str, int], labels: list[str]) -> list[
     whole distribution over the labels."""
     if len(set(first.values())) < len(labels) or len(pick["branches"][0]) < len(labels):
         return None
-    logp = dict((t, lp) for t, lp in pick["branches"][0])
+    logp = dict(pick["branches"][0])
     top = max(logp[first[l]] for l in labels)
     weights = [math.exp(logp[first[l]] - top) for l in labels]
     return [w / sum(weights) for w in weights]
@@ -417,9 +417,10 @@ def contextual(args) -> None:
             by_id = {r["id"]: r for r in rows}
             pairs = [(by_id[c["id"]], c) for c in map(json.loads, decoded.open())]
             for signal in ("sequence", "choice"):
-                scored = lambda r: (r["predicted"] == r["gold"], SIGNALS[signal](r["picks"][0]))
-                table.append(_contextual_line(name, f"decoded, {signal}", [scored(r) for r, _ in pairs],
-                                              [scored(c) for _, c in pairs]))
+                of = SIGNALS[signal]
+                table.append(_contextual_line(
+                    name, f"decoded, {signal}", [(r["predicted"] == r["gold"], of(r["picks"][0])) for r, _ in pairs],
+                    [(c["predicted"] == c["gold"], of(c["picks"][0])) for _, c in pairs]))
     print(markdown(table, ["dataset", "rows", "how", "acc raw", "acc cc", "gain", "se", "ece raw", "ece cc",
                            "auroc raw", "auroc cc"]))
 

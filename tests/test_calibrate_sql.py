@@ -167,7 +167,7 @@ def test_classify_multi_is_calibrated_per_label_and_the_threshold_applies_after(
     assert report["rows"].iloc[0] == 120          # 60 rows x 2 labels
     assert report["method"][report["chosen"]].iloc[0] == "by_answer"
     probability = {x["label"]: x["confidence"] for x in fake_con.execute(call.format(0)).fetchall()[0][0]}
-    assert probability["refund"] > 0.7 > 0.3 > probability["delivery"]      # offsets by label
+    assert probability["refund"] > 0.7 and probability["delivery"] < 0.3      # offsets by label
     # the threshold applies to the calibrated probability, whatever threshold the fit was called with
     assert [x["label"] for x in fake_con.execute(call.format(0.5)).fetchall()[0][0]] == ["refund"]
     with pytest.raises(Exception, match="output names 'billing', which is not one of the labels"):
@@ -186,6 +186,6 @@ def test_the_macros_take_every_parameter_of_the_functions_they_calibrate():
     assert {p.name for f in calibrated for p in f.params if not p.row} == set(sql_calibrate.parameters())
     dbt = (duckllm.dbt.package_path() / "macros" / "calibration.sql").read_text()
     for name, _, own, _ in sql_calibrate.MACROS:
-        declared = re.search(rf"macro {name.removeprefix('llm_')}\((.*?)\)", dbt, re.S).group(1)
+        declared = re.search(rf"macro {name.removeprefix('llm_')}\((.*?)\)", dbt, re.DOTALL).group(1)
         given = {p.split("=")[0].strip() for p in declared.split(",")} - {"function", "rows"}
         assert given == set(sql_calibrate.parameters()) | set(own), name      # the dbt macro has drifted

@@ -82,12 +82,12 @@ def test_offsets_by_answer_fix_a_label_the_model_over_calls():
     answers = [rng.choice(["ham", "spam"]) for _ in range(400)]
     on = [rng.uniform(0.6, 0.95) for _ in answers]
     correct = [a == "ham" or rng.random() < 0.25 for a in answers]
-    chosen, report = calibration.choose(on[:150], correct[:150], answers=answers[:150])
+    chosen, _ = calibration.choose(on[:150], correct[:150], answers=answers[:150])
     assert chosen.method == calibration.BY_ANSWER
     mapped = chosen(on[150:], answers[150:])
-    assert metrics.auroc(mapped, correct[150:]) > 0.8 > 0.6 > metrics.auroc(on[150:], correct[150:])
+    assert metrics.auroc(mapped, correct[150:]) > 0.8 and metrics.auroc(on[150:], correct[150:]) < 0.6
     assert metrics.ece(mapped, correct[150:]) < 0.1 < metrics.ece(on[150:], correct[150:])
-    assert chosen.one(0.9, "ham") > 0.9 > 0.5 > chosen.one(0.9, "spam")
+    assert chosen.one(0.9, "ham") > 0.9 and chosen.one(0.9, "spam") < 0.5
     assert chosen.one(0.9, "unseen") == pytest.approx(float(calibration.fit("platt", on, correct)([0.9])[0]), abs=0.3)
 
 
