@@ -67,9 +67,9 @@ def run_first_token(model: str, texts, labels):
     import llama_cpp as c
     import numpy as np
 
-    from duckllm.runtime.llama import _quiet_llama_logs, physical_cores
-    _quiet_llama_logs(c)
-    c.llama_backend_init()
+    from duckllm.runtime.device import physical_cores
+    from duckllm.runtime.llama_resources import start
+    start()       # llama.cpp's logs quiet, its backend ready
     mparams = c.llama_model_default_params()
     mparams.use_extra_bufts = False
     llama = c.llama_model_load_from_file(str(model_path(model)).encode(), mparams)

@@ -8,26 +8,26 @@ import pytest
 from duckllm.confidence import contextual
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Pick
-from duckllm.runtime.llama import _Picking, _trie
+from duckllm.runtime.decoders import Output, Picking, trie
 from duckllm.tasks import classify
 
 END = 0
 
 
 class TrieOnly:
-    """The one thing _Picking asks of its runtime: the options' trie."""
+    """The one thing Picking asks of its constraints: the options' trie."""
     def __init__(self, paths):
         self.paths = paths
 
-    def _trie_of(self, options, stop, or_end):
-        return _trie(self.paths), [len(p) - 1 for p in self.paths]
+    def trie(self, options, stop, or_end):
+        return trie(self.paths), [len(p) - 1 for p in self.paths]
 
 
 def pick(paths, logits, prior=None):
-    picking = _Picking(TrieOnly(paths), Pick(("a", "b", "c"), score_rest=False, prior=prior))
+    picking = Picking(Pick(("a", "b", "c"), score_rest=False, prior=prior), TrieOnly(paths))
     fed = []
     while picking.result is None:
-        fed += picking.take(np.asarray(logits[len(fed)], dtype=np.float32), lambda *a: None)
+        fed += picking.take(Output(np.asarray(logits[len(fed)], dtype=np.float32)), lambda out: None)
     return picking.result
 
 

@@ -167,22 +167,22 @@ def test_batched_rows_match_one_row_at_a_time_on_the_default_model(user_store):
 
 
 def test_a_row_decoded_alone_checks_guesses_and_answers_the_same(runtimes, monkeypatch):
-    from duckllm.runtime import llama
+    from duckllm.runtime import decoders
     from duckllm.tasks import extract
     runtime = runtimes[1]
     task = extract.build({"name": "VARCHAR", "city": "VARCHAR"})
     text = "Order 4411 from Jonathan Appleseed, 221B Baker Street, London, shipped by DHL Express."
     prompt = runtime.format.split(list(task.messages))
     decodes = []
-    real = runtime._decode
-    monkeypatch.setattr(runtime, "_decode", lambda *a: (decodes.append(1), real(*a)))
+    real = runtime.context.decode
+    monkeypatch.setattr(runtime.context, "decode", lambda batch: (decodes.append(1), real(batch))[1])
 
     def answer():
         decodes.clear()
         value = runtime.run(prompt, [task.render(text)], lambda i, n: task.program(text, n), task.answer_tokens)[0].value
         return value, len(decodes)
     guessed, with_guesses = answer()
-    monkeypatch.setattr(llama._Guesses, "next", lambda self, written, limit: [])
+    monkeypatch.setattr(decoders, "guesses", lambda prompt, written, limit: [])
     plain, without = answer()
     assert with_guesses < without           # the guesses copied from the text were kept
     assert guessed.keys() == plain.keys()

@@ -260,16 +260,16 @@ def test_a_100000_character_text_is_answered_on_its_beginning(small_context_con)
 
 @integration
 def test_a_pair_too_long_for_the_context_keeps_the_start_of_both_records(small_context_runtime, small_context_con):
-    from duckllm.runtime.llama import _shares
+    from duckllm.runtime.scheduler import shares
     from duckllm.tasks import match
     long, short = "My parcel is late. " * 2000, "Parcel 42, shipped Monday"
     text = match.render(match.pair(long, short))
-    tokens, n, _, truncated = small_context_runtime._fit(text, [], lambda n: 4, 300)
+    tokens, n, _, truncated = small_context_runtime.scheduler.fit(text, [], lambda n: 4, 300)
     assert truncated and n == 296
     assert small_context_runtime.detokenize(tokens).endswith("\nRecord B: " + short)   # used to be cut away
     r = small_context_con.execute("SELECT llm_match(?, ?)", [long, short]).fetchone()[0]
     assert r["match"] in (True, False) and "truncated" in r["note"]
-    assert _shares([10, 500, 3], 100) == [10, 87, 3] and _shares([400, 500], 101) == [51, 50]
+    assert shares([10, 500, 3], 100) == [10, 87, 3] and shares([400, 500], 101) == [51, 50]
 
 
 TOO_LONG = r"take \d+ tokens, more than the model's context of 512; shorten them .* or set DUCKLLM_CONTEXT higher"

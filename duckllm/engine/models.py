@@ -7,7 +7,6 @@ Its cached answers are keyed by its name, where a file's are keyed by its sha256
 """
 from __future__ import annotations
 
-import inspect
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +68,7 @@ def load_llama(path, fmt: Format | None, settings: Settings) -> Runtime:
     from duckllm.runtime.llama import LlamaRuntime
     # None: the runtime's defaults for its device
     sizes = dict(n_ctx=settings.context, n_batch=settings.batch, n_parallel=settings.parallel,
-                 n_threads=settings.threads, batch_invariant=settings.batch_invariant)
-    # TODO(issue 16, lead at merge): pass verbose= unconditionally once LlamaRuntime takes it
-    # (the runtime helper adds it); until then the runtime reads DUCKLLM_VERBOSE itself.
-    if "verbose" in inspect.signature(LlamaRuntime).parameters:
-        sizes["verbose"] = settings.verbose
+                 n_threads=settings.threads, batch_invariant=settings.batch_invariant, verbose=settings.verbose)
     key = (str(path), fmt, *sorted(sizes.items()))
     with _loaded_lock:
         if key not in _loaded:

@@ -108,6 +108,18 @@ class Runtime(Protocol):
 
     def describe(self) -> dict: ...
 
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        """The text's tokens; special: control tokens written in it are read as such."""
+        ...
+
+    def tokenize_prompt(self, text: Text, *, add_bos: bool = False) -> list[int]:
+        """A prompt's tokens: control tokens only from its markup, never from its content."""
+        ...
+
+    def prompt_speed(self, n_tokens: int = 256, after_prefix: bool = False) -> float:
+        """Prompt-eval tokens per second on this machine (after the shared prefix held now)."""
+        ...
+
 
 def single(step: Step) -> Program:
     """The program of one step, answering with that step's result."""
