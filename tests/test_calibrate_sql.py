@@ -132,27 +132,6 @@ def test_extract_is_calibrated_per_field(fake_con):
                      "FROM products), schema := {'n': 'INTEGER'})").fetchall()
 
 
-def test_the_dbt_macros_calibrate_the_same_way(reviewed):
-    import jinja2
-
-    import duckllm.dbt
-    folder = duckllm.dbt.package_path() / "macros"
-    template = jinja2.Environment(extensions=["jinja2.ext.do"]).from_string(
-        "".join((folder / name).read_text() for name in ("functions.sql", "calibration.sql")))
-    macros = type("Package", (), {})()
-    context = template.new_context({"duckllm": macros})
-    for _ in template.root_render_func(context):
-        pass
-    vars(macros).update({k: v for k, v in context.vars.items() if isinstance(v, jinja2.runtime.Macro)})
-    rows = macros.labeled_rows("reviewed", "msg", "label")
-    report = reviewed.sql(str(macros.calibrate("llm_classify", rows, labels=["refund", "delivery"]))).df()
-    assert report["chosen"].sum() == 1
-    cuts = reviewed.sql(str(macros.thresholds("llm_classify", rows, labels=["refund", "delivery"], coverage=0.5))).df()
-    assert cuts["coverage"].iloc[0] == pytest.approx(0.5)
-    answer = reviewed.sql(f"SELECT {macros.classify(repr('refund me'), ['refund', 'delivery'])}").fetchall()[0][0]
-    assert answer["note"].startswith("confidence calibrated")
-
-
 def test_classify_multi_is_calibrated_per_label_and_the_threshold_applies_after(fake_con):
     # the fake answers ' yes' for every label (0.9) when the text says yes, else 0.4
     fake_con.execute("CREATE TABLE tickets(t VARCHAR, applies VARCHAR[])")
