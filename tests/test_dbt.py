@@ -96,7 +96,7 @@ def macros():
     """The package's macros as `duckllm.<name>` (private ones too, as dbt exposes them)."""
     folder = duckllm.dbt.package_path() / "macros"
     template = jinja2.Environment(extensions=["jinja2.ext.do"]).from_string(
-        "".join((folder / name).read_text() for name in ("functions.sql", "patterns.sql")))
+        "".join((folder / name).read_text() for name in ("functions.sql", "patterns.sql", "calibration.sql")))
     namespace = type("Package", (), {})()
     context = template.new_context({"duckllm": namespace})
     for _ in template.root_render_func(context):
@@ -160,6 +160,18 @@ def test_each_macro_renders_sql_that_duckdb_runs(macros, fake_con, macro, args, 
     fake_con.execute("CREATE TABLE t AS SELECT ? AS text, {'label': 'refund', 'confidence': 0.9} AS r", [TEXT])
     rendered = getattr(macros, macro)(*args, **kwargs)
     assert rounded(fake_con.execute(f"SELECT {rendered} FROM t").fetchone()[0]) == answer
+
+
+def test_calibrate_and_thresholds_render_the_sql_calls(macros, fake_con):
+    fake_con.execute("CREATE TABLE reviewed AS SELECT 'message ' || i AS msg, "
+                     "CASE WHEN i % 3 = 0 THEN 'delivery' ELSE 'refund' END AS label FROM range(60) t(i)")
+    rows = macros.labeled_rows("reviewed", "msg", "label")
+    report = fake_con.sql(str(macros.calibrate("llm_classify", rows, labels=["refund", "delivery"]))).df()
+    assert report["chosen"].sum() == 1 and (report["rows"] == 60).all()
+    cuts = fake_con.sql(str(macros.thresholds("llm_classify", rows, labels=["refund", "delivery"], coverage=0.5)))
+    assert cuts.df()["target"].tolist() == ["coverage 0.5"]
+    answer = fake_con.execute(f"SELECT {macros.classify(repr('message 7'), ['refund', 'delivery'])}").fetchall()[0][0]
+    assert answer["note"].startswith("confidence calibrated")
 
 
 def test_review_queue_lists_the_unsure_and_unanswered_rows_least_confident_first(macros, fake_con):

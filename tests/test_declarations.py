@@ -125,9 +125,10 @@ def test_each_dbt_macro_takes_the_declared_parameters_model_and_options_last():
 # Cache keys: the task key of each call as it was before the declarations (commit 263bd69).
 # A change here makes every cached answer of that call unreachable: bump the task's VERSION instead.
 KEYS = [
-    ("llm_classify('x', ['a', 'b'])", '["llm_classify",2,["a","b"],{}]'),
+    # VERSION 3 (issue 17): the default confidence is sequence, so cached ones are not served as it
+    ("llm_classify('x', ['a', 'b'])", '["llm_classify",3,["a","b"],{}]'),
     ("llm_classify('x', ['a', 'b'], descriptions := {'a': 'first'}, confidence := 'choice', model := 'm')",
-     '["llm_classify",2,["a","b"],{"confidence":"choice","descriptions":{"a":"first"},"model":"m"}]'),
+     '["llm_classify",3,["a","b"],{"confidence":"choice","descriptions":{"a":"first"},"model":"m"}]'),
     ("llm_clean('x')", '["llm_clean",1,null,{}]'),
     ("llm_clean('x', 'dates as ISO 8601')", '["llm_clean",1,"dates as ISO 8601",{}]'),
     ("llm_clean('x', options := {'instructions': 'ISO'}, examples := [{'input': 'a', 'output': 'A'}])",
@@ -141,8 +142,9 @@ KEYS = [
     ("llm_entities('x')", '["llm_entities",2,["PER","ORG","LOC","MISC"],{}]'),
     ("llm_entities('x', ['PER'], max_entities := 3, descriptions := {'PER': 'people'})",
      '["llm_entities",2,["PER"],{"descriptions":{"PER":"people"},"max_entities":3}]'),
+    # VERSION 2 (issue 17): an answer keeps every label; the threshold applies on delivery, no part of the key
     ("llm_classify_multi('x', ['a', 'b'], threshold := 0.3, descriptions := ['one', 'two'])",
-     '["llm_classify_multi",1,["a","b"],{"descriptions":["one","two"],"threshold":0.3}]'),
+     '["llm_classify_multi",2,["a","b"],{"descriptions":["one","two"]}]'),
     ("llm_enrich('x', 'Which city?')", '["llm_enrich",1,"Which city?",32,{}]'),
     ("llm_enrich('x', 'Which city?', max_tokens := 8, examples := [{'input': 'a', 'output': 'b'}])",
      '["llm_enrich",1,"Which city?",8,{"examples":[{"input":"a","output":"b"}]}]'),

@@ -26,7 +26,7 @@ def drive(task, text, replies):
             steps.append(step)
             reply = None if isinstance(step, Say) else next(replies)
     except StopIteration as stop:
-        return task.read(Answer(stop.value), text), steps
+        return task.finish(task.read(Answer(stop.value), text)), steps     # as the engine delivers it
 
 
 def pick(index, p=0.9):

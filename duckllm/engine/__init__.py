@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Callable, Sequence
 
+from duckllm.confidence import contextual, stored
 from duckllm.engine import cancel, models, prompts
 from duckllm.engine.cache import ResultCache, key_of
 from duckllm.engine.models import FileLoader, Model, load_llama
@@ -95,15 +96,17 @@ class Engine:
     # ---- running -------------------------------------------------------------------------
 
     def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None,
-            plan: str | None = None) -> list[dict | None]:
+            plan: str | None = None, calibrated: bool = True) -> list[dict | None]:
         """One result per text: None for NULL, task.empty for blank, else the model's answer.
         Identical texts are answered once; cached answers are not recomputed. use_cache: None
-        follows the settings. plan: the id of an open plan to count the call into instead."""
+        follows the settings. plan: the id of an open plan to count the call into instead.
+        calibrated: a calibration fitted for this task and model (llm_calibrate) maps the
+        confidences."""
         use_cache = self.settings.cache if use_cache is None else use_cache
         if plan is not None:
             return self._plan(plan, task, texts, use_cache)
         with cancel.working():
-            return self._run(task, texts, use_cache)
+            return self._run(task, texts, use_cache, calibrated)
 
     def _plan(self, plan_id: str, task: Task, texts: Sequence[str | None], use_cache: bool) -> list[None]:
         with self._plans_lock:
@@ -134,7 +137,8 @@ class Engine:
                 plan.tokens_per_s, plan.speed_source = rate
         return [None] * len(texts)
 
-    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool) -> list[dict | None]:
+    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool,
+             calibrated: bool = True) -> list[dict | None]:
         started = time.perf_counter()
         results: list[dict | None] = [None] * len(texts)
         positions: dict[str, list[int]] = {}
@@ -148,13 +152,17 @@ class Engine:
         n_rows = sum(len(p) for p in positions.values())
         STATS.add(calls=1, rows=len(texts), dedup_hits=n_rows - len(positions))
 
+        calibrate = dict        # a copy; a stored calibration's map where one was fitted
+
         def deliver(text: str, result: dict) -> None:
             for i in positions[text]:
-                results[i] = dict(result)
+                results[i] = task.finish(calibrate(result))
 
         todo = list(positions)
         if todo:
             model = self.model(task.model)
+            if calibrated:
+                calibrate = stored.applier(self.cache.path, model.identity, task.key)
             keys = {text: key_of(model.identity, task.key, text) for text in todo}
             if use_cache:
                 cached = self.cache.get_many(list(keys.values()))
@@ -173,6 +181,8 @@ class Engine:
         """Answer texts on the model; each row is delivered, counted and cached as it finishes,
         so an interrupted call keeps what it finished."""
         runtime = self.runtime(task.model)
+        if task.contextual is not None:    # calibrated without labels: its prior, once per task and model
+            task = contextual.prepared(task, runtime, self.cache.path, model_id)
         STATS.set(device=runtime.describe().get("device", "?"))
         progress = Progress(task.name, total=len(texts), enabled=self.settings.progress)
         finished: list[tuple[str, dict]] = []

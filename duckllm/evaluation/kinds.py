@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from duckllm.confidence.calibration import answer_key
 from duckllm.evaluation.askers import Answer, Asker, Entity
 from duckllm.evaluation.datasets import Dataset
 from duckllm.evaluation.scoring import MISSING, Scored, Tally, value_right
@@ -68,7 +69,7 @@ def _by(key: Callable[[Unit], Any], ask: Callable[[Asker, list[Unit], Any], list
 
 
 def _one(answer: Answer, right: bool) -> list[Scored]:
-    return [Scored(right, answer.confidence, invalid=answer.invalid)]
+    return [Scored(right, answer.confidence, invalid=answer.invalid, answer=answer_key(answer.value))]
 
 
 # ---- scoring, per kind -------------------------------------------------------------------------

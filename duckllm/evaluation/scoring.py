@@ -17,6 +17,8 @@ class Scored:
     correct: bool
     confidence: float | None
     invalid: bool = False
+    answer: str | None = None    # what the confidence is about (a label, a match, a field), for
+                                 # calibration with an offset for each (llm_calibrate's by_answer)
 
 
 @dataclass

@@ -105,6 +105,13 @@ def trie(paths: list[list[int]]) -> Node:
     return root
 
 
+def prior_mass(prior: tuple[float, ...], node: Node) -> np.ndarray:
+    """log of the prior probability of the options below each of a node's children (the end of
+    an or_end Pick has no prior: 1)."""
+    return np.asarray([logsumexp(np.asarray([prior[i] if i < len(prior) else 0.0 for i in child.options]))
+                       for child in node.nodes])
+
+
 class Constraints:
     """What a vocabulary allows, made once and kept: the options' tries, the kinds' token masks."""
 
@@ -161,15 +168,19 @@ class Picking:
         self.depth = 0
         self.logprobs: list[float] = []
         self.choice_logprob = 0.0
+        self.branches: list[dict[int, float]] = []
         self.result: Choice | None = None
         self.ended = False
 
     def take(self, out: Output, advance: Advance) -> list:
         node = self.node
         scores = out.logits[node.tokens]
+        self.branches.append({t: out.logprob(t) for t in node.tokens.tolist()})
+        if self.step.prior:                   # each branch less the prior mass of the options below it
+            scores = scores - prior_mass(self.step.prior, node)
         k = int(np.argmax(scores))
         pick = int(node.tokens[k])
-        self.choice_logprob += float(out.logits[pick]) - logsumexp(scores)
+        self.choice_logprob += float(scores[k]) - logsumexp(scores)
         self.node = node = node.nodes[k]
         if self.depth < self.content[node.options[0]]:
             self.logprobs.append(out.logprob(pick))
@@ -177,7 +188,7 @@ class Picking:
         if node.index is None:                # options still diverge below: decode the next token
             return [(pick, advance)]
         index, path = node.index, node.path
-        self.result = Choice(index, self.logprobs, self.choice_logprob)
+        self.result = Choice(index, self.logprobs, self.choice_logprob, self.branches)
         self.ended = self.step.stop is None or index == len(self.step.options)
         fed = [pick] + path[self.depth:]      # fed[j] is followed by path[depth + j]
         callbacks: list = [None] * len(fed)

@@ -16,7 +16,7 @@ from duckllm.engine.stats import FIELDS, STATS
 from duckllm.errors import ArgumentError
 from duckllm.resources import package_data
 from duckllm.settings import Settings
-from duckllm.sql import macros, udfs
+from duckllm.sql import calibrate, macros, udfs
 
 STATS_TYPE = "STRUCT(" + ", ".join(
     f"{name} {dict(int='BIGINT', float='DOUBLE', str='VARCHAR')[kind.__name__]}" for name, kind in FIELDS.items()) + ")"
@@ -82,6 +82,7 @@ def register(con: duckdb.DuckDBPyConnection, model: str | None = None, *, cache:
         con.create_function("__duckllm_engine", lambda: key, [], "VARCHAR", side_effects=False)
     if "__duckllm_stats" not in existing:
         con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
+    calibrate.register(con, lambda: engine or default_engine(settings), existing)   # llm_calibrate, llm_thresholds
     con.execute("SET VARIABLE duckllm_model = ?", [settings.model])
     con.execute("SET VARIABLE duckllm_cache = ?", [settings.cache])
     con.execute(macros.SQL)

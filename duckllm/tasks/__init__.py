@@ -30,6 +30,10 @@ class Task:
     prepare: Callable[[list[str]], Any] = lambda texts: None   # batch work for a call's texts first
     row_turns: Callable[[str], list[tuple[str, str]]] | None = None   # chat turns of the row's own
                                                 # (its nearest examples) between the shared ones and it
+    contextual: Any = None                      # calibrated without labels: its labels and program given
+                                                # their content-free prior (confidence/contextual.py)
+    finish: Callable[[dict], dict] = lambda result: result   # each delivered result, after its
+                                                # confidences are calibrated (classify_multi's threshold)
 
 
 # options every function reads as text, and an example of each for the error message

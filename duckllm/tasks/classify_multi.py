@@ -34,7 +34,7 @@ DECLARATION = Function(
     returns="list",
 )
 FUNCTION = DECLARATION.name
-VERSION = 1
+VERSION = 2     # 2: an answer keeps every label's probability; the threshold applies on delivery
 DEFAULT_THRESHOLD = 0.5
 
 SYSTEM = ("{instructions}\n\nLabels:\n{labels}\n\nAnswer with one line per label, in this order, as "
@@ -70,11 +70,18 @@ def build(labels, options=None) -> Task:
     bound = sum(answer_bound(f"{label}:") + 4 for label in labels)
 
     def read(answer, text):
-        return {"labels": [{"label": label, "confidence": p}
-                           for label, p in zip(labels, answer.value) if p >= threshold]}
+        return {"labels": [{"label": label, "confidence": p} for label, p in zip(labels, answer.value)]}
 
+    def finish(result):
+        """The labels that apply: at least threshold sure, after any calibration of each label."""
+        kept = [x for x in result["labels"] if x["confidence"] is not None and x["confidence"] >= threshold]
+        return {**result, "labels": kept}
+
+    # the threshold only filters what is delivered: calls that differ in it share cached answers
+    # and a calibration
     return Task(
         name=FUNCTION, version=VERSION, messages=(("system", system),), program=program,
-        answer_tokens=lambda n: bound, read=read, empty=DECLARATION.blank,
-        model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
+        answer_tokens=lambda n: bound, read=read, empty=DECLARATION.blank, finish=finish,
+        model=opts.get("model"),
+        key=canonical(FUNCTION, VERSION, labels, {k: v for k, v in opts.items() if k != "threshold"}),
     )

@@ -44,12 +44,13 @@
 {#- llm_classify -> STRUCT(label VARCHAR, confidence DOUBLE, note VARCHAR)
     text VARCHAR, labels VARCHAR[], descriptions STRUCT, instructions VARCHAR,
     examples STRUCT(input VARCHAR, output VARCHAR)[], nearest INTEGER, preselect INTEGER, confidence VARCHAR,
-    model VARCHAR, options STRUCT -#}
+    contextual BOOLEAN, model VARCHAR, options STRUCT -#}
 {% macro classify(text, labels, descriptions=none, instructions=none, examples=none, nearest=none,
-                  preselect=none, confidence=none, model=none, options=none) -%}
+                  preselect=none, confidence=none, contextual=none, model=none, options=none) -%}
   llm_classify({{ text }}, {{ duckllm._list(labels) }}{{ duckllm._named({
       'descriptions': descriptions, 'instructions': instructions, 'examples': examples, 'nearest': nearest,
-      'preselect': preselect, 'confidence': confidence, 'model': model, 'options': options}) }})
+      'preselect': preselect, 'confidence': confidence, 'contextual': contextual, 'model': model,
+      'options': options}) }})
 {%- endmacro %}
 
 {#- llm_classify_multi -> STRUCT(label VARCHAR, confidence DOUBLE)[]
