@@ -16,7 +16,6 @@ evaluated against loaded: where loading starts to pay (runtime/prefix_store.py, 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import dataset, model_path, parse, parser
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "my card has not arrived yet"
@@ -92,9 +93,10 @@ def crossover(model_path: Path, sizes: list[int], repeats: int = 3) -> None:
     from duckllm.prompt_format import Prompt
     from duckllm.runtime.llama import LlamaRuntime
     from duckllm.runtime.prefix_store import PrefixStore
-    from duckllm.store import identity
+    from duckllm.settings import Settings
+    from duckllm.store import ModelStore
     with tempfile.TemporaryDirectory(prefix="duckllm-crossover-") as tmp:
-        store = PrefixStore(Path(tmp), identity(model_path), min_tokens=1)
+        store = PrefixStore(Path(tmp), ModelStore(Settings.from_env().home).identity(model_path), min_tokens=1)
         off, on = LlamaRuntime(model_path), LlamaRuntime(model_path, prefix_store=store)
         fmt = off.format
         word_tokens = len(off.tokenize(" lorem ipsum dolor sit amet")) / 5
@@ -131,26 +133,18 @@ def crossover(model_path: Path, sizes: list[int], repeats: int = 3) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="catalog name or .gguf (default: the default model)")
-    ap.add_argument("--suite", type=Path, default=None, help="folder with datasets.json (default: ../shared/data)")
+    ap = parser(__doc__, suite=None, model=None)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--crossover", action="store_true", help="measure loading against evaluating by prefix length")
     ap.add_argument("--sizes", default="8,16,32,64,128,256,512")
-    args = ap.parse_args()
-    from duckllm import store
-    from duckllm.evaluation import suite
+    args = parse(ap)
     from duckllm.store import catalog
     model = args.model or catalog.DEFAULT_MODEL
-    model_path = store.resolve(model).resolve()
+    path = model_path(model).resolve()
     if args.crossover:
-        crossover(model_path, [int(s) for s in args.sizes.split(",")])
+        crossover(path, [int(s) for s in args.sizes.split(",")])
         return
-    suite_dir = args.suite or suite.default_suite()
-    if suite_dir is None:
-        sys.exit("no suite found: pass --suite DIR, a folder holding datasets.json")
-    labels = suite.labels_of(suite_dir, suite.manifest(suite_dir)["banking77"])
-    first_answer(model, model_path, labels, args.runs)
+    first_answer(model, path, dataset(args, "banking77").labels, args.runs)
 
 
 if __name__ == "__main__":
