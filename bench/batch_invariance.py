@@ -10,38 +10,29 @@ batches" is DUCKLLM_BATCH_INVARIANT=0.
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
-from throughput import DEFAULT_SUITE, load_rows
+from _common import engine, model_path, parse, parser
+from throughput import load_rows
 
 
-def label_all(runtime, task, texts):
-    prompt = runtime.format.split(list(task.messages))
-    runtime.run(prompt, ["warm up"], lambda i, n: task.program("warm up", n), task.answer_tokens)
+def label_all(labeler, task, texts):
+    """The texts labeled in one call, after one untimed row (the shared prompt); answers and seconds."""
+    labeler.run(task, ["warm up"], use_cache=False)
     start = time.perf_counter()
-    answers = runtime.run(prompt, [task.render(t) for t in texts], lambda i, n: task.program(texts[i], n),
-                          task.answer_tokens)
-    seconds = time.perf_counter() - start
-    return [task.read(a, t) for a, t in zip(answers, texts)], seconds
+    answers = labeler.run(task, texts, use_cache=False)
+    return answers, time.perf_counter() - start
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
-    ap.add_argument("--dataset", default="banking77")
-    ap.add_argument("--model", default=None, help="catalog name or .gguf (default: the default model)")
-    ap.add_argument("--rows", type=int, default=48)
+    ap = parser(__doc__, suite=None, dataset="banking77", model=None, rows=48)
     ap.add_argument("--parallel", type=int, default=64)
-    args = ap.parse_args()
-    from duckllm import store
-    from duckllm.runtime.llama import LlamaRuntime
+    args = parse(ap)
     from duckllm.tasks import classify
 
-    texts, labels = load_rows(args.suite, args.dataset)
+    texts, labels = load_rows(args)
     task = classify.build(labels)
-    path = store.resolve(args.model)
+    path = model_path(args.model)
     print(f"model {path.name}, dataset {args.dataset}, {args.rows} rows, {len(labels)} labels, "
           f"{args.parallel} rows in flight when batched\n")
     print("| batches | label flips | max confidence difference | batched rows/s | one-at-a-time rows/s |")
@@ -50,9 +41,9 @@ def main():
         rows = texts[k * args.rows:(k + 1) * args.rows]       # fresh texts for each setting
         results = []
         for parallel in (1, args.parallel):
-            runtime = LlamaRuntime(path, n_parallel=parallel, batch_invariant=invariant)
-            results.append(label_all(runtime, task, rows))
-            runtime.close()
+            labeler = engine(path, parallel=parallel, batch_invariant=invariant)
+            results.append(label_all(labeler, task, rows))
+            labeler.runtime().close()
         (alone, alone_s), (batched, batched_s) = results
         flips = sum(a["label"] != b["label"] for a, b in zip(alone, batched))
         diff = max(abs(a["confidence"] - b["confidence"]) for a, b in zip(alone, batched))

@@ -8,27 +8,21 @@ Reads the suite at run time (--suite, default ../shared/data); copies none of it
 """
 from __future__ import annotations
 
-import argparse
-import os
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import duckllm
-import duckllm.engine.cache
-from duckllm.evaluation import suite
+from _common import connect, parse, parser
 
-DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
+from duckllm.evaluation.datasets import SEED, Dataset, shuffled
 
 
 def dataset(root: Path, name: str, limit: int, pool: int):
-    spec = suite.manifest(root)[name]
-    rows = suite.read_rows(root, spec)
-    random.Random(suite.SEED).shuffle(rows)
-    labels = [l for l in (root / spec["labels_file"]).read_text().splitlines() if l]
-    return rows[:limit], rows[limit:limit + pool], labels
+    """The first `limit` rows of a fixed-seed order, the `pool` after them, and the labels."""
+    data = Dataset.open(root, name)
+    rows = shuffled(data.rows())
+    return rows[:limit], rows[limit:limit + pool], data.labels
 
 
 def score(con, rows, labels, **options):
@@ -46,15 +40,11 @@ def score(con, rows, labels, **options):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
-    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
+    ap = parser(__doc__, suite=None, model="qwen2.5-coder-1.5b", limit=100)
     ap.add_argument("--small", default="qwen2.5-coder-0.5b", help="the cascade's first model")
-    ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--parts", default="few_shot,preselect,cascade")
-    args = ap.parse_args()
-    os.environ["DUCKLLM_CACHE"] = "off"
-    con = duckllm.connect(model=args.model)
+    args = parse(ap)
+    con = connect(args.model, cache=False)
     con.execute("SELECT llm_classify('warm up', ['a', 'b'])").fetchall()
     table = []
 
@@ -66,7 +56,7 @@ def main():
     parts = args.parts.split(",")
     if "few_shot" in parts:
         rows, pool, labels = dataset(args.suite, "sms_spam", args.limit, 200)
-        desc = suite.DESCRIPTIONS["sms_spam"]
+        desc = Dataset.open(args.suite, "sms_spam").descriptions
         examples = [{"input": r["text"], "output": r["label"]} for r in pool]
         balanced = [e for e in examples if e["output"] == "spam"][:4] + [e for e in examples if e["output"] == "ham"][:4]
         for name, options in [("zero-shot, descriptions", {"descriptions": desc}),
@@ -98,8 +88,9 @@ def main():
         # the macro itself, cold, with a result cache of its own (its THEN branch reads the
         # small model's answers from it): same answers as composed above, and its real speed
         below = thresholds[1]
-        duckllm.engine.cache.default_path = lambda: Path(tempfile.mkdtemp()) / "cache.sqlite"
-        con.execute("SET VARIABLE duckllm_cache = true")
+        con = connect(args.model, cache=Path(tempfile.mkdtemp()) / "cache.sqlite")   # the models stay loaded
+        con.execute("CREATE TABLE t AS SELECT unnest($x) AS text, generate_subscripts($x, 1) AS i",
+                    {"x": [r["text"] for r in rows]})
         start = time.perf_counter()
         got = [g[0] for g in con.execute(
             "SELECT llm_classify_cascade(text, $labels, $small, $strong, below := $below) FROM t ORDER BY i",
@@ -110,7 +101,7 @@ def main():
         accuracy = sum(g["label"] == r["label"] for g, r in zip(got, rows)) / len(rows)
         report("ag_news", f"llm_classify_cascade macro, below {below:.3f} ({same}/{len(rows)} as composed)",
                len(rows), accuracy, rate)
-    print(f"model {args.model}, {args.limit} rows per dataset, seed {suite.SEED}")
+    print(f"model {args.model}, {args.limit} rows per dataset, seed {SEED}")
     print("| dataset | variant | rows | accuracy | rows/s |\n|---|---|---|---|---|")
     for row in table:
         print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")

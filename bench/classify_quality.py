@@ -15,38 +15,28 @@ Reads the suite at run time (--suite, default ../shared/data); copies none of it
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import json
-import os
-import random
-import re
 import sys
 import time
 from pathlib import Path
 
-import duckllm
-from duckllm import store
+from _common import connect, dataset, model_path, parse, parser
+
 from duckllm.confidence import auroc
-from duckllm.evaluation import suite
-from duckllm.evaluation.suite import DESCRIPTIONS, SEED, labels_of
-from duckllm.tasks import listing
-
-DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
+from duckllm.evaluation.askers import FreeText
+from duckllm.evaluation.datasets import sample_rows
 
 
-def sample(suite: Path, name: str, limit: int):
-    manifest = json.loads((suite / "datasets.json").read_text())[name]
-    with open(suite / manifest["file"], newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    labels = labels_of(suite, manifest)
-    rows = random.Random(SEED).sample(rows, min(limit, len(rows)))
-    return [r["text"] for r in rows], [r["label"] for r in rows], labels
+def sample(args, name: str):
+    """A fixed-seed sample of --limit rows: their texts, gold labels, the label set and descriptions."""
+    data = dataset(args, name)
+    rows = sample_rows(data.rows(), args.limit)
+    return [r["text"] for r in rows], [r["label"] for r in rows], data.labels, data.descriptions
 
 
 def run_duckllm(model: str, texts, labels, descriptions):
     """llm_classify through DuckDB; timed on the default confidence, then again for the other."""
-    con = duckllm.connect(model=model)
+    con = connect(model, cache=False)        # measure the model, not the result cache
     con.execute("CREATE TABLE t AS SELECT unnest($texts) AS text, generate_subscripts($texts, 1) AS i",
                 {"texts": texts})
     con.execute("SELECT llm_classify('hello', ['a', 'b'])").fetchall()  # load the model untimed
@@ -65,16 +55,10 @@ def run_duckllm(model: str, texts, labels, descriptions):
 
 def run_free_text(model: str, texts, labels, descriptions):
     """The same model asked in free text, one chat completion per row, reply matched to a label."""
-    free = suite.FreeText(store.resolve(model))
-    system = f"Classify the text into one of these labels:\n{listing(labels, descriptions)}\nAnswer with the label only."
-    normal = {_norm(l): l for l in labels}
-    predictions, confidences = [], []
+    free = FreeText(model_path(model))
     start = time.perf_counter()
-    for text in texts:
-        reply, confidence = free.complete(system, text, 24)
-        predictions.append(normal.get(_norm(reply)))
-        confidences.append(confidence)
-    return predictions, confidences, time.perf_counter() - start
+    answers = free.classify(texts, labels, descriptions)
+    return [a.value for a in answers], [a.confidence for a in answers], time.perf_counter() - start
 
 
 def run_first_token(model: str, texts, labels):
@@ -83,12 +67,12 @@ def run_first_token(model: str, texts, labels):
     import llama_cpp as c
     import numpy as np
 
-    from duckllm.runtime.llama import _quiet_llama_logs, physical_cores
-    _quiet_llama_logs(c)
-    c.llama_backend_init()
+    from duckllm.runtime.device import physical_cores
+    from duckllm.runtime.llama_resources import start
+    start()       # llama.cpp's logs quiet, its backend ready
     mparams = c.llama_model_default_params()
     mparams.use_extra_bufts = False
-    llama = c.llama_model_load_from_file(str(store.resolve(model)).encode(), mparams)
+    llama = c.llama_model_load_from_file(str(model_path(model)).encode(), mparams)
     vocab = c.llama_model_get_vocab(llama)
 
     def tokenize(text: str, special: bool) -> list[int]:
@@ -120,31 +104,20 @@ def run_first_token(model: str, texts, labels):
     return predictions, confidences, seconds
 
 
-def _norm(s: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
-    ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b")
-    ap.add_argument("--datasets", default="sms_spam,ag_news,banking77")
-    ap.add_argument("--limit", type=int, default=100)
+    ap = parser(__doc__, suite=None, models="smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b",
+                datasets="sms_spam,ag_news,banking77", limit=100)
     ap.add_argument("--baseline", action="store_true", help="also ask in free text (slow)")
     ap.add_argument("--laduck", action="store_true", help="also laduck's method: first-token softmax over the raw text")
     ap.add_argument("--json", type=Path, help="write the rows of the table here too")
-    args = ap.parse_args()
-    os.environ["DUCKLLM_CACHE"] = "off"   # measure the model, not the result cache
-    if not (args.suite / "datasets.json").exists():
-        sys.exit(f"no suite at {args.suite}; pass --suite DIR holding datasets.json")
+    args = parse(ap)
 
     header = ("model", "dataset", "method", "rows", "accuracy", "invalid", "auroc_mean_token",
               "auroc_choice", "rows_per_s")
     table = []
     for model in args.models.split(","):
         for name in args.datasets.split(","):
-            texts, gold, labels = sample(args.suite, name, args.limit)
-            desc = DESCRIPTIONS.get(name, {})
+            texts, gold, labels, desc = sample(args, name)
             pred, conf_mean, choice, secs = run_duckllm(model, texts, labels, desc)
             right = [p == g for p, g in zip(pred, gold)]
             choice_right = [p == g for (p, _), g in zip(choice, gold)]

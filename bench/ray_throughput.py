@@ -20,36 +20,30 @@ started once, not per query.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from throughput import DEFAULT_SUITE, load_rows
+from _common import connect, parse, parser
+from throughput import load_rows
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=400)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
-    parser.add_argument("--dataset", default="banking77")
-    parser.add_argument("--rows-per-shard", type=int, help="default: rows / 8, so 2 workers share the work")
-    parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray cluster")
-    args = parser.parse_args()
-    os.environ.setdefault("DUCKLLM_PROGRESS", "0")
+    ap = parser(__doc__, rows=400, model="smollm2-135m", suite=None, dataset="banking77")
+    ap.add_argument("--rows-per-shard", type=int, help="default: rows / 8, so 2 workers share the work")
+    ap.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray cluster")
+    args = parse(ap)
 
     import duckdb
     import ray
     from sqlglot import exp
 
-    import duckllm
     from duckllm import distributed
     from duckllm.runtime.llama import physical_cores
 
-    texts, labels = load_rows(args.suite, args.dataset)
+    texts, labels = load_rows(args)
     texts = texts[:args.rows]
     work = Path(tempfile.mkdtemp(prefix="duckllm-ray-bench-"))
     duckdb.execute(f"COPY (SELECT generate_subscripts($t, 1) AS id, unnest($t) AS text) TO '{work}/in.parquet'",
@@ -59,8 +53,7 @@ def main():
     rows_per_shard = args.rows_per_shard or max(1, len(texts) // 8)
 
     started = time.perf_counter()
-    con = duckllm.connect(model=args.model)
-    con.execute("SET VARIABLE duckllm_cache = false")
+    con = connect(args.model, cache=False, quiet=True)
     con.execute(f"COPY ({query}) TO '{work}/plain.parquet'")
     plain_s = time.perf_counter() - started
     plain = duckdb.sql(f"SELECT id, r FROM read_parquet('{work}/plain.parquet') ORDER BY id").fetchall()

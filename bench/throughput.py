@@ -13,57 +13,46 @@ The prompt-eval limit is the distinct rows' text tokens over the model's prompt-
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import multiprocessing as mp
-import os
 import queue as queue_module
-import random
-import re
 import resource
 import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "data"
-SEED = 20261124
+from _common import connect, dataset, model_path, parse, parser
+
+from duckllm.evaluation.datasets import shuffled
 
 
-def load_rows(suite: Path, dataset: str):
-    manifest = json.loads((suite / "datasets.json").read_text())[dataset]
-    with open(suite / manifest["file"], newline="", encoding="utf-8") as f:
-        texts = [r["text"] for r in csv.DictReader(f)]
-    labels = [l for l in (suite / manifest["labels_file"]).read_text().splitlines() if l]
-    random.Random(SEED).shuffle(texts)
-    return texts, labels
+def load_rows(args):
+    """The dataset's texts in a fixed-seed order (fresh texts follow any prefix), and its labels."""
+    data = dataset(args)
+    return [r["text"] for r in shuffled(data.rows())], data.labels
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def naive(model_path: str, texts, labels, max_tokens: int, queue):
+def naive(path: str, texts, labels, max_tokens: int, queue):
     """What a user without duckllm writes: one chat completion per row (every layer on the GPU when
     there is one), reply matched to a label."""
-    from llama_cpp import Llama
-
+    from duckllm.evaluation.askers import FreeText, label_reader
     from duckllm.tasks import classify
     system = classify.build(labels).messages[0][1]
-    llm = Llama(model_path=model_path, n_ctx=4096, n_threads=_threads(), n_gpu_layers=-1, verbose=False)
-    norm = lambda s: re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
-    known = {norm(l) for l in labels}
-    complete = lambda text: llm.create_chat_completion(
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Text: " + text}],
-        max_tokens=max_tokens, temperature=0.0)
-    complete("warm up")     # untimed: the label prompt (its KV cache is kept from row to row), the template
+    free = FreeText(path, n_ctx=4096, n_threads=_threads(), n_gpu_layers=-1, logprobs=False)
+    label_of = label_reader(labels)
+    # untimed: the label prompt (its KV cache is kept from row to row), the template
+    free.complete(system, "Text: warm up", max_tokens)
+    generated = free.completion_tokens
     start = time.perf_counter()
-    invalid = generated = 0
+    invalid = 0
     for text in texts:
-        out = complete(text)
-        invalid += norm(out["choices"][0]["message"]["content"]) not in known
-        generated += out["usage"]["completion_tokens"]
-    queue.put((len(texts) / (time.perf_counter() - start), invalid, peak_rss_mb(), generated / len(texts)))
+        reply, _ = free.complete(system, "Text: " + text, max_tokens)
+        invalid += label_of(reply) is None
+    queue.put((len(texts) / (time.perf_counter() - start), invalid, peak_rss_mb(),
+               (free.completion_tokens - generated) / len(texts)))
 
 
 def _threads() -> int:
@@ -71,12 +60,12 @@ def _threads() -> int:
     return physical_cores()
 
 
-def prompt_eval_tokens_per_s(model_path: str) -> float:
+def prompt_eval_tokens_per_s(path: str) -> float:
     """The model's prompt-eval speed on one 512-token batch in a fresh sequence (best of 2), with
     llama.cpp's fastest kernels for that batch (duckllm's batch-invariant CPU batches run attention over a
     bf16 cache in a slower kernel)."""
     from duckllm.runtime.llama import LlamaRuntime
-    runtime = LlamaRuntime(model_path, n_parallel=1, batch_invariant=False)
+    runtime = LlamaRuntime(path, n_parallel=1, batch_invariant=False)
     try:
         return max(runtime.prompt_speed(512) for _ in range(2))
     finally:
@@ -84,33 +73,23 @@ def prompt_eval_tokens_per_s(model_path: str) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
-    ap.add_argument("--dataset", default="banking77")
-    ap.add_argument("--model", default=None, help="catalog name or .gguf (default: the default model)")
-    ap.add_argument("--rows", type=int, default=200)
+    ap = parser(__doc__, suite=None, dataset="banking77", model=None, rows=200)
     ap.add_argument("--naive-rows", type=int, default=None, help="rows for the naive loop (default: --rows)")
     ap.add_argument("--naive-max-tokens", type=int, default=16,
                     help="the naive loop's reply limit (a random-weight model never ends its reply: give "
                          "the tokens a real model's answer takes)")
-    args = ap.parse_args()
-    os.environ.setdefault("DUCKLLM_PROGRESS", "0")
-    os.environ["DUCKLLM_CACHE"] = "on"
-    tmp = tempfile.mkdtemp(prefix="duckllm-bench-")
-    from duckllm.engine import cache
-    cache.default_path = lambda: Path(tmp) / "cache.sqlite"  # cold: a cache of its own
+    args = parse(ap)
     import duckllm
-    from duckllm import store
     from duckllm.engine.stats import STATS
 
-    texts, labels = load_rows(args.suite, args.dataset)
+    texts, labels = load_rows(args)
     n = args.rows
     cold_texts = texts[:n]
     repeated = [texts[n + i % max(1, n // 10)] for i in range(n)]       # fresh, 10% distinct
-    model_path = str(store.resolve(args.model))
+    path = str(model_path(args.model))
 
     queue = mp.get_context("spawn").Queue()
-    proc = mp.get_context("spawn").Process(target=naive, args=(model_path, texts[:args.naive_rows or n], labels,
+    proc = mp.get_context("spawn").Process(target=naive, args=(path, texts[:args.naive_rows or n], labels,
                                                                args.naive_max_tokens, queue))
     proc.start()
     while True:         # the naive loop's process may die (a model llama-cpp-python cannot load): say so
@@ -122,9 +101,10 @@ def main():
                 raise SystemExit(f"the naive loop's process ended with code {proc.exitcode} (its error is above)")
     proc.join()
 
-    pe_tps = prompt_eval_tokens_per_s(model_path)      # before the engine loads the model: one copy at a time
-    con = duckllm.connect(model=args.model)
-    runtime = duckllm.sql.default_engine().runtime(args.model)
+    pe_tps = prompt_eval_tokens_per_s(path)      # before the engine loads the model: one copy at a time
+    # cold: a result cache of its own
+    con = connect(args.model, cache=Path(tempfile.mkdtemp(prefix="duckllm-bench-")) / "cache.sqlite", quiet=True)
+    runtime = duckllm.sql.engine_of(con).runtime(args.model)
     query = "SELECT r.label FROM (SELECT i, llm_classify(text, $labels) AS r FROM {} ORDER BY i)"
     con.execute("CREATE TABLE cold AS SELECT unnest($t) AS text, generate_subscripts($t, 1) AS i", {"t": cold_texts})
     con.execute("CREATE TABLE rep AS SELECT unnest($t) AS text, generate_subscripts($t, 1) AS i", {"t": repeated})
@@ -149,9 +129,9 @@ def main():
     prefix_tps = max(runtime.prompt_speed(batch, after_prefix=True) for _ in range(2))
     text_tokens = sum(len(runtime.tokenize(t)) for t in cold_texts)
     limit_rps = pe_tps / (text_tokens / n)
-    model_mb = Path(model_path).stat().st_size / 1e6
+    model_mb = Path(path).stat().st_size / 1e6
     info = runtime.describe()
-    print(f"model {Path(model_path).name} ({model_mb:.0f} MB), dataset {args.dataset}, {n} rows, {len(labels)} labels, "
+    print(f"model {Path(path).name} ({model_mb:.0f} MB), dataset {args.dataset}, {n} rows, {len(labels)} labels, "
           f"device {info['device']} ({info['gpu_layers_offloaded']} layers offloaded), threads {info['threads']}, "
           f"{info['parallel_rows']} rows in flight")
     print(f"prompt eval {pe_tps:.1f} tok/s; {text_tokens / n:.1f} text tokens/row -> limit {limit_rps:.2f} rows/s; "

@@ -14,9 +14,11 @@ profiles.yml:
                 model: qwen2.5-coder-1.5b     # a catalog name or a .gguf path; default: duckllm's default
                 cache: true                   # false: every run asks the model again
 
-dbt-duckdb opens one DuckDB connection and runs each statement on a cursor of it. A cursor is a
-connection of its own, and duckllm's macros and its default-model variable are TEMP, so the plugin
-registers on the connection (the UDFs, once per database) and again on each cursor (the macros).
+The plugin is an edge: it makes duckllm's Settings from its config and the environment (DUCKLLM_*)
+when dbt creates it, so a bad value stops the run before any model is built. dbt-duckdb opens one
+DuckDB connection and runs each statement on a cursor of it. A cursor is a connection of its own,
+and duckllm's macros and its model and cache variables are TEMP, so the plugin registers on the
+connection (the UDFs, once per database) and again on each cursor (the macros).
 The dbt macros (duckllm.classify, duckllm.confidence_between, ...) are a dbt package of their own,
 at package_path(); install it with `local:` in packages.yml.
 """
@@ -32,7 +34,8 @@ except ImportError as error:   # ModuleNotFoundError included
                       "pip install 'duckllm[dbt]'") from error
 
 from duckllm.errors import ArgumentError
-from duckllm.home import package_data
+from duckllm.resources import package_data
+from duckllm.settings import Settings
 from duckllm.sql import register
 
 OPTIONS = {"model", "cache"}
@@ -49,25 +52,21 @@ class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict[str, Any]):
         # dbt-duckdb merges the profile's DuckDB `settings:` into every plugin's config; those
         # keys are DuckDB's, anything else is ours and must be known.
-        settings = set((self.creds.settings or {}) if self.creds is not None else {})
-        unknown = sorted(set(plugin_config) - OPTIONS - settings)
+        duckdb_settings = set((self.creds.settings or {}) if self.creds is not None else {})
+        unknown = sorted(set(plugin_config) - OPTIONS - duckdb_settings)
         if unknown:
             raise ArgumentError(f"duckllm.dbt: unknown config {', '.join(map(repr, unknown))}; "
                                 f"the options are {', '.join(sorted(OPTIONS))}")
         model = plugin_config.get("model")
         self.model = str(model) if model not in (None, "") else None
-        self.cache = _boolean(plugin_config.get("cache", True))
+        cache = plugin_config.get("cache")       # not given: DUCKLLM_CACHE, else on
+        self.settings = Settings.from_env(model=self.model, cache=None if cache is None else _boolean(cache))
 
     def configure_connection(self, conn):
-        self._register(conn)
+        register(conn, settings=self.settings)
 
     def configure_cursor(self, cursor):
-        self._register(cursor)
-
-    def _register(self, con):
-        register(con, model=self.model)
-        if not self.cache:
-            con.execute("SET VARIABLE duckllm_cache = false")
+        register(cursor, settings=self.settings)
 
 
 def _boolean(value) -> bool:

@@ -12,8 +12,8 @@ import pytest
 from fakes import FakeRuntime
 
 import duckllm
-from duckllm.engine import Engine
-from duckllm.engine.cache import ResultCache
+from duckllm.engine import Engine, models
+from duckllm.settings import Settings
 
 CLASSIFY = "llm_classify(text, ['refund', 'delivery', 'card'])"
 TICKET_LABELS = "llm_classify(text, ['refund', 'delivery', 'account', 'card_lost'])"
@@ -30,9 +30,11 @@ class SlowFakeRuntime(FakeRuntime):
 
 
 def fake_engine(model_path: str, cache_path: str, slow: bool = False) -> Engine:
-    """The fake runtime (instant, deterministic) behind a fake .gguf path, with its own cache."""
+    """The fake runtime (instant, deterministic), registered in this process (a worker's too)
+    under a fake .gguf path, with its own cache."""
     runtime = SlowFakeRuntime if slow else FakeRuntime
-    return Engine(model_path, load=lambda path, fmt: runtime(), cache=ResultCache(Path(cache_path)))
+    models.register(model_path, lambda settings: runtime())
+    return Engine(Settings.from_env(model=model_path, cache_path=cache_path))
 
 
 def fake_model(folder: Path) -> str:

@@ -11,15 +11,23 @@ from duckllm.runtime import Answer, Choice, Generation, Pick, Say, Usage
 class FakeRuntime:
     """Pick: the first option named in the text (an or_end Pick: each named option once, then
     the end), else the first option; Write: text title-cased, the first number, or the first
-    capitalised word of the text for a span."""
+    capitalised word of the text for a span. Its tokens are words; it counts what it is fed as
+    llama.cpp's runtime does: the shared prompt once (prefix_tokens), then each row's own turns,
+    text and tail (usage.prompt_tokens)."""
 
     def __init__(self):
         self.format = FORMATS["chatml"]
         self.usage = Usage()
         self.calls: list[list[str]] = []
+        self.prefix_tokens = 0
 
     def run(self, prompt, texts, program, answer_tokens, on_done=None, row_prefixes=None):
         self.calls.append(list(texts))
+        self.prefix_tokens = len(self.tokenize_prompt(prompt.shared))
+        tail = len(self.tokenize(prompt.tail, special=True))
+        for i, text in enumerate(texts):
+            own = self.tokenize_prompt(row_prefixes[i]) if row_prefixes else []
+            self.usage.prompt_tokens += len(own) + len(self.tokenize(text)) + tail
         out = []
         for i, text in enumerate(texts):
             steps, reply, used = program(i, len(text.split())), None, set()
@@ -71,3 +79,14 @@ class FakeRuntime:
     @staticmethod
     def prompt_speed():
         return 100.0
+
+
+class SharedLetters:
+    """A stand-in sentence embedder: the items most similar to a text are those sharing a letter
+    with it."""
+
+    def encode(self, texts):
+        return list(texts)
+
+    def nearest(self, vectors, texts, k):
+        return [[i for i, v in enumerate(vectors) if set(v) & set(text)][:k] for text in texts]

@@ -11,7 +11,6 @@ from fakes import FakeRuntime
 
 from duckllm.cli.commands import main
 from duckllm.engine import Engine
-from duckllm.engine import cache as cache_module
 from duckllm.engine.cache import ResultCache
 from duckllm.engine.progress import Progress
 from duckllm.tasks import classify
@@ -62,25 +61,24 @@ class Interrupted(FakeRuntime):
         super().answered(i, answer, on_done)
 
 
-def test_an_interrupted_run_keeps_its_finished_rows(tmp_path):
-    store = ResultCache(tmp_path / "c.sqlite")
+def test_an_interrupted_run_keeps_its_finished_rows(engine_on):
     texts = [f"row {i}" for i in range(200)]
     task = classify.build(["a", "b"])
     with pytest.raises(KeyboardInterrupt):
-        Engine("fake", load=lambda p, f: Interrupted(), cache=store).run(task, texts)
-    assert sum(n for _, n in store.stats()) == 100
-    rerun = FakeRuntime()
-    results = Engine("fake", load=lambda p, f: rerun, cache=store).run(task, texts)
-    assert model_rows(rerun) == 100 and all(r["label"] in ("a", "b") for r in results)
+        engine_on(Interrupted()).run(task, texts)
+    rerun = engine_on(FakeRuntime())
+    assert sum(n for _, n in rerun.cache.stats()) == 100
+    results = rerun.run(task, texts)
+    assert model_rows(rerun.runtime()) == 100 and all(r["label"] in ("a", "b") for r in results)
 
 
-def test_an_unwritable_cache_is_a_warning_and_the_query_still_answers(tmp_path, capsys):
+def test_an_unwritable_cache_is_a_warning_and_the_query_still_answers(fake_engine, tmp_path, capsys):
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
-    runtime = FakeRuntime()
-    engine = Engine("fake", load=lambda p, f: runtime, cache=ResultCache(blocked / "cache.sqlite"))
-    results = engine.run(classify.build(["a", "b"]), ["x", "y"])
-    assert [r["label"] for r in results] == ["a", "b"] or all(r["label"] for r in results)
+    engine = Engine(fake_engine.settings.with_cache(blocked / "cache.sqlite"))
+    results = engine.run(classify.build(["a", "b"]), ["x", "y b"])
+    # answered as without a cache: the fake picks the first label named in the text, else the first
+    assert [r["label"] for r in results] == ["a", "b"]
     assert "result cache off" in capsys.readouterr().err
 
 
@@ -105,41 +103,43 @@ def test_two_processes_and_threads_share_one_cache_file(tmp_path):
     assert ResultCache(path).get_many(["p1-299"]) == {"p1-299": {"label": "a", "n": 299}}
 
 
-def test_cache_cli_counts_and_clears(fake_con, tmp_path):
-    fake_con.execute(TEN).fetchall()
-    engine_cache = tmp_path / "fake-cache.sqlite"
-    cache_module.default_path = lambda: engine_cache  # the fixture restores it
+def test_cache_cli_counts_and_clears(fake_con):
+    fake_con.execute(TEN).fetchall()     # into this test's home, which the CLI reads too
     result = CliRunner().invoke(main, ["cache", "stats"])
     assert "llm_classify" in result.output and "10 results" in result.output
     assert "removed 10 cached results" in CliRunner().invoke(main, ["cache", "clear"]).output
     assert "total                         0 results" in CliRunner().invoke(main, ["cache", "stats"]).output
 
 
-def test_progress_shows_rate_and_eta_on_a_terminal(monkeypatch):
-    monkeypatch.setenv("DUCKLLM_PROGRESS", "1")
+def test_progress_shows_rate_and_eta_when_on():
     stream = io.StringIO()
-    p = Progress("llm_classify", total=100, stream=stream)
+    p = Progress("llm_classify", total=100, stream=stream, enabled=True)
     p.started -= 10  # as if 10 s had passed
     p.advance(25)
     p.close()
     assert "llm_classify 25/100 rows" in stream.getvalue() and "rows/s  ETA 0:00:" in stream.getvalue()
 
 
-def test_progress_is_quiet_off_a_terminal():
+def test_progress_is_quiet_off_a_terminal_or_when_off():
     stream = io.StringIO()
     p = Progress("llm_classify", total=100, stream=stream)
     p.started -= 10
     p.advance(25)
     p.close()
     assert stream.getvalue() == ""
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    p = Progress("llm_classify", total=100, stream=terminal, enabled=False)
+    p.started -= 10
+    p.advance(25)
+    assert terminal.getvalue() == ""
 
 
-def test_clearing_a_read_only_cache_is_a_clear_error(tmp_path, monkeypatch):
-    path = tmp_path / "cache.sqlite"
+def test_clearing_a_read_only_cache_is_a_clear_error(settings, monkeypatch):
+    path = settings.result_cache_path         # the one the CLI clears
     ResultCache(path).put_many("llm_classify", [("k", {"label": "a"})])
     # as the cache opens on a read-only disk (root ignores file modes, so open it read-only)
     monkeypatch.setattr(ResultCache, "_db", lambda self: sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True))
-    cache_module.default_path = lambda: path   # the autouse fixture restores it
     result = CliRunner().invoke(main, ["cache", "clear"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "Error: cannot clear the result cache" in result.output and "fix the file's permissions" in result.output

@@ -19,9 +19,6 @@ from conftest import SMALL_MODEL  # noqa: E402
 from dbt.adapters.duckdb.plugins import BasePlugin  # noqa: E402
 
 import duckllm.dbt  # noqa: E402
-from duckllm import sql  # noqa: E402
-from duckllm.engine import Engine  # noqa: E402
-from duckllm.engine.cache import ResultCache  # noqa: E402
 from duckllm.errors import ArgumentError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,14 +27,6 @@ LABELS = {"refund", "delivery", "account", "other"}
 
 
 # --- the plugin -------------------------------------------------------------------------------
-
-@pytest.fixture
-def fake_engine(fake_runtime, tmp_path, monkeypatch):
-    """The process engine the plugin registers with, on the fake runtime."""
-    engine = Engine(load=lambda path, fmt: fake_runtime, cache=ResultCache(tmp_path / "fake-cache.sqlite"))
-    monkeypatch.setattr(sql, "_process_engine", engine)
-    return engine
-
 
 @pytest.fixture
 def dbt_like_cursor():
@@ -59,15 +48,14 @@ def dbt_like_cursor():
         con.close()
 
 
-def test_a_cursor_of_a_configured_connection_answers_with_the_configured_model(fake_engine, fake_runtime,
-                                                                                  dbt_like_cursor):
+def test_a_cursor_of_a_configured_connection_answers_with_the_configured_model(fake_runtime, dbt_like_cursor):
     cursor = dbt_like_cursor({"model": "fake"})
     label = cursor.execute("SELECT llm_classify('refund me', ['delivery', 'refund']).label").fetchone()[0]
     assert label == "refund" and fake_runtime.calls == [["refund me"]]
     assert cursor.execute("SELECT getvariable('duckllm_model')").fetchone()[0] == "fake"
 
 
-def test_cache_false_in_the_config_asks_the_model_every_time(fake_engine, fake_runtime, dbt_like_cursor):
+def test_cache_false_in_the_config_asks_the_model_every_time(fake_runtime, dbt_like_cursor):
     for cache in (True, "false"):          # env_var() hands profiles.yml values over as text
         cursor = dbt_like_cursor({"model": "fake", "cache": cache})
         for _ in range(2):
@@ -82,6 +70,15 @@ def test_unknown_config_names_the_options_and_duckdb_settings_pass_through():
         BasePlugin.create("duckllm.dbt", config={"cache": "sometimes"})
     creds = type("Credentials", (), {"settings": {"threads": 2}})()   # dbt-duckdb merges settings in
     assert BasePlugin.create("duckllm.dbt", config={"threads": 2}, credentials=creds).model is None
+
+
+def test_the_plugin_makes_its_settings_from_the_config_over_the_environment(monkeypatch):
+    monkeypatch.setenv("DUCKLLM_CACHE", "0")
+    assert BasePlugin.create("duckllm.dbt", config={"model": "fake"}).settings.cache is False
+    assert BasePlugin.create("duckllm.dbt", config={"cache": True}).settings.cache is True
+    monkeypatch.setenv("DUCKLLM_CONTEXT", "4k")     # a bad setting stops dbt before any model is built
+    with pytest.raises(ArgumentError, match="DUCKLLM_CONTEXT='4k' is not a whole number from 1; set it like"):
+        BasePlugin.create("duckllm.dbt", config={})
 
 
 def test_without_dbt_the_import_says_what_to_install():
@@ -99,7 +96,7 @@ def macros():
     """The package's macros as `duckllm.<name>` (private ones too, as dbt exposes them)."""
     folder = duckllm.dbt.package_path() / "macros"
     template = jinja2.Environment(extensions=["jinja2.ext.do"]).from_string(
-        "".join((folder / name).read_text() for name in ("functions.sql", "patterns.sql")))
+        "".join((folder / name).read_text() for name in ("functions.sql", "patterns.sql", "calibration.sql")))
     namespace = type("Package", (), {})()
     context = template.new_context({"duckllm": namespace})
     for _ in template.root_render_func(context):
@@ -165,6 +162,18 @@ def test_each_macro_renders_sql_that_duckdb_runs(macros, fake_con, macro, args, 
     assert rounded(fake_con.execute(f"SELECT {rendered} FROM t").fetchone()[0]) == answer
 
 
+def test_calibrate_and_thresholds_render_the_sql_calls(macros, fake_con):
+    fake_con.execute("CREATE TABLE reviewed AS SELECT 'message ' || i AS msg, "
+                     "CASE WHEN i % 3 = 0 THEN 'delivery' ELSE 'refund' END AS label FROM range(60) t(i)")
+    rows = macros.labeled_rows("reviewed", "msg", "label")
+    report = fake_con.sql(str(macros.calibrate("llm_classify", rows, labels=["refund", "delivery"]))).df()
+    assert report["chosen"].sum() == 1 and (report["rows"] == 60).all()
+    cuts = fake_con.sql(str(macros.thresholds("llm_classify", rows, labels=["refund", "delivery"], coverage=0.5)))
+    assert cuts.df()["target"].tolist() == ["coverage 0.5"]
+    answer = fake_con.execute(f"SELECT {macros.classify(repr('message 7'), ['refund', 'delivery'])}").fetchall()[0][0]
+    assert answer["note"].startswith("confidence calibrated")
+
+
 def test_review_queue_lists_the_unsure_and_unanswered_rows_least_confident_first(macros, fake_con):
     fake_con.execute("CREATE TABLE labeled AS SELECT * FROM (VALUES (1, 0.9), (2, 0.3), (3, NULL), (4, 0.6)) v(id, confidence)")
     rows = fake_con.execute(str(macros.review_queue("labeled", "confidence", threshold=0.7))).fetchall()
@@ -208,7 +217,7 @@ def tables(database: Path) -> dict[str, list[dict]]:
 
 
 @pytest.mark.integration
-def test_example_dbt_project_builds_and_rebuilds_from_the_cache(small_model_path, tmp_path):
+def test_example_dbt_project_builds_and_rebuilds_from_the_cache(home, tmp_path):
     project = tmp_path / "dbt_project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(
         "target", "dbt_packages", "logs", "package-lock.yml", "*.duckdb", "*.duckdb.wal"))
@@ -217,9 +226,6 @@ def test_example_dbt_project_builds_and_rebuilds_from_the_cache(small_model_path
         "{{ config(materialized='view') }}\n"
         "SELECT {{ duckllm.classify('body', ['refund', 'delivery']) }}.label AS label\n"
         "FROM {{ ref('support_tickets') }} WHERE ticket_id = 1\n")
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / small_model_path.name).symlink_to(small_model_path)
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(("DBT_", "DUCKLLM_"))}
     env.update(DUCKLLM_HOME=str(home), DUCKLLM_DBT_MODEL=SMALL_MODEL, DUCKLLM_PROGRESS="0",

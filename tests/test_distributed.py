@@ -17,6 +17,7 @@ from distributed_helpers import (  # noqa: F401
 
 from duckllm import distributed
 from duckllm.cli.commands import main
+from duckllm.distributed.query import columns_sql
 from duckllm.errors import ArgumentError
 
 
@@ -146,7 +147,7 @@ def test_with_columns_takes_row_by_row_expressions_only():
         distributed.with_columns(None, {"r": "1 FROM t"})
     with pytest.raises(ArgumentError, match="at least one column"):
         distributed.with_columns(None, {})
-    assert distributed._columns_sql({"r": CLASSIFY}) == (
+    assert columns_sql({"r": CLASSIFY}) == (
         "SELECT *, LLM_CLASSIFY(text, ['refund', 'delivery', 'card']) AS \"r\" FROM __duckllm_batch")
 
 

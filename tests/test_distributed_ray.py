@@ -61,7 +61,8 @@ def test_on_ray_a_failed_shard_keeps_the_others_and_a_rerun_finishes_only_it(clu
 
     flag.touch()
     again = distributed.run_query(sql, out, ray=True, workers=2, model=model, rows_per_shard=5, engine_factory=factory)
-    assert (again.skipped, again.computed) == (len(kept), again.shards - len(kept))
+    # a shard the other worker had in hand when the failure came may have finished after it
+    assert again.skipped >= len(kept) and again.skipped + again.computed == again.shards > again.skipped
     assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept
     assert read_parts(out) == single_process(model, tmp_path, sql)
 

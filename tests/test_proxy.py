@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from fakes import FakeRuntime
 
-from duckllm.engine import Engine, cancel
+from duckllm.engine import Engine, cancel, models
 from duckllm.engine.cache import ResultCache
 from duckllm.engine.stats import STATS
 from duckllm.errors import ArgumentError
 from duckllm.proxy import bound, cascade, features, sampling
 from duckllm.proxy.examples import ExampleStore
+from duckllm.settings import Settings
+from duckllm.sql import engine_of
 from duckllm.tasks import classify, match
 
 LABELS = ["refund", "delivery", "account", "other"]
@@ -49,9 +51,13 @@ def fake_answer(text: str) -> str:
     return next((label for label in LABELS if label in text), LABELS[0])
 
 
-def engine(tmp_path, runtime=None, name="cache.sqlite") -> Engine:
+def engine(tmp_path, runtime=None, name="cache.sqlite", cache=None) -> Engine:
+    """An engine whose fake model runs on runtime, with a result cache of its own (or cache)."""
     runtime = runtime or FakeRuntime()
-    return Engine("fake", load=lambda path, fmt: runtime, cache=ResultCache(tmp_path / name))
+    models.register("fake", lambda settings: runtime)
+    made = Engine(Settings.from_env(model="fake"), cache=cache or ResultCache(tmp_path / name))
+    made.runtime()      # its own from now on, whatever 'fake' runs on later
+    return made
 
 
 def agreeing(target=0.9, **options):
@@ -135,7 +141,7 @@ def test_the_agreement_holds_at_the_stated_confidence_over_many_draws():
 def test_without_agreement_answers_are_todays(tmp_path):
     texts = column(300)
     plain = engine(tmp_path, name="a.sqlite").run(classify.build(LABELS), texts)
-    assert all("answered_by" not in r for r in plain)
+    assert all(r["answered_by"] is None for r in plain)
     assert classify.build(LABELS, {"agreement": 0.95}).key == classify.build(LABELS).key   # same cache
 
 
@@ -211,7 +217,7 @@ def test_a_label_set_of_one_needs_no_model(tmp_path):
 def test_nulls_and_blanks_are_answered_as_without_agreement(tmp_path):
     results = engine(tmp_path).run(agreeing(), [None, "  ", "refund me"])
     assert results[0] is None
-    assert results[1] == {"label": None, "confidence": None, "note": "empty text"}
+    assert results[1] == classify.DECLARATION.blank
     assert results[2]["answered_by"] == "model"
 
 
@@ -261,7 +267,7 @@ def test_an_interrupted_query_keeps_the_models_answers_and_the_next_retrains_fro
     store = ExampleStore(eng.cache)
     assert store.count() == 100 == sum(n for _, n in eng.cache.stats())
     runtime = FakeRuntime()
-    again = Engine("fake", load=lambda path, fmt: runtime, cache=eng.cache)
+    again = engine(tmp_path, runtime, cache=eng.cache)
     results = again.run(agreeing(0.9), texts, query="q2")
     assert sum(r["answered_by"] == "cache" for r in results) == 100
     asked = {t for call in runtime.calls for t in call}
@@ -366,7 +372,7 @@ def test_sql_agreement_on_the_real_model(small_con, tmp_path):
     small_con.execute("SET VARIABLE duckllm_cache = true")
     again = small_con.execute(query.format(", agreement := 0.95")).fetchall()
     assert [(r["label"], r["answered_by"]) for _, r in again] == [(r["label"], "cache") for _, r in plain]
-    assert ExampleStore(ResultCache()).count() == len(plain)
+    assert ExampleStore(engine_of(small_con).cache).count() == len(plain)
     one = small_con.execute(f"SELECT llm_classify(text, ['refund'], agreement := 0.9) FROM {tickets} "
                             "WHERE text IS NOT NULL").fetchall()
     assert {(r["label"], r["answered_by"]) for r, in one} == {("refund", "proxy")}
@@ -385,7 +391,7 @@ def test_cache_stats_counts_the_examples_and_clear_removes_them(tmp_path):
     from click.testing import CliRunner
 
     from duckllm.cli.commands import main
-    Engine("fake", load=lambda path, fmt: FakeRuntime(), cache=ResultCache()).run(agreeing(0.9), column(100))
+    Engine(Settings.from_env(model="fake")).run(agreeing(0.9), column(100))
     stats = CliRunner().invoke(main, ["cache", "stats"]).output
     assert "proxy examples" in stats and "100 answers" in stats
     assert "removed 100 cached results" in CliRunner().invoke(main, ["cache", "clear"]).output

@@ -27,13 +27,14 @@ from conftest import SMALL_MODEL
 from fakes import FakeRuntime
 
 import duckllm
-from duckllm import engine as engine_module
-from duckllm.engine import Engine, cache, cancel
+from duckllm.engine import Engine, cache, cancel, models
 from duckllm.engine.cache import ResultCache
 from duckllm.engine.stats import STATS
-from duckllm.errors import ModelError
+from duckllm.errors import ArgumentError
 from duckllm.prompt_format import FORMATS
+from duckllm.settings import Settings
 from duckllm.tasks import classify
+from duckllm.tasks.functions import DECLARATIONS
 
 LABELS = ["refund", "delivery", "account"]
 TYPES = ["PER", "ORG", "LOC", "MISC"]
@@ -80,9 +81,14 @@ def integrity(path) -> str:
 
 
 def run_rows(cache_, texts):
-    """(results, rows the model computed) for classify on these texts, on the fake runtime."""
+    """(results, rows the model computed) for classify on these texts, on a fake runtime of its own."""
     runtime = FakeRuntime()
-    results = Engine("fake", load=lambda p, f: runtime, cache=cache_).run(classify.build(["a", "b"]), texts)
+    models.register("fake-run-rows", lambda settings: runtime)
+    try:
+        engine = Engine(Settings.from_env(model="fake-run-rows"), cache=cache_)
+        results = engine.run(classify.build(["a", "b"]), texts)
+    finally:
+        models.unregister("fake-run-rows")
     return results, sum(len(c) for c in runtime.calls)
 
 
@@ -110,31 +116,39 @@ def is_confidence(c):
     return c is not None and 0 <= c <= 1 and not math.isnan(c)
 
 
+def blank(function: str, schema: dict | None = None):
+    """What a blank text gives, as the function's declaration says: its blank answer (the
+    schema's fields NULL beside it), or NULL where the answer is a list."""
+    declared = next(d for d in DECLARATIONS if d.name == function)
+    return None if declared.returns == "list" else {**dict.fromkeys(schema or {}), **declared.blank}
+
+
+SCHEMA = {"item": "VARCHAR", "days": "INTEGER", "urgent": "BOOLEAN"}
 FUNCTIONS = {  # name: (call on column t, check of an answer for text t, what a blank gives)
     "llm_classify": (f"llm_classify(t, {LABELS})",
                      lambda r, t: r["label"] in LABELS and is_confidence(r["confidence"]),
-                     {"label": None, "confidence": None, "note": "empty text", "answered_by": None}),
+                     blank("llm_classify")),
     "llm_clean": ("llm_clean(t)",
                   lambda r, t: isinstance(r["value"], str) and is_confidence(r["confidence"])
                   and r["changed"] == (r["value"] != t),
-                  {"value": None, "confidence": None, "changed": None, "note": "empty text"}),
-    "llm_extract": ("llm_extract(t, {'item': 'VARCHAR', 'days': 'INTEGER', 'urgent': 'BOOLEAN'})",
+                  blank("llm_clean")),
+    "llm_extract": (f"llm_extract(t, {SCHEMA})",
                     lambda r, t: (r["days"] is None or isinstance(r["days"], int)) and r["urgent"] in (True, False, None)
                     and all(c is None or is_confidence(c) for c in r["confidence"].values()),
-                    {"item": None, "days": None, "urgent": None, "confidence": None, "note": "empty text"}),
+                    blank("llm_extract", SCHEMA)),
     "llm_entities": ("llm_entities(t)",
                      lambda r, t: all(e["type"] in TYPES and e["text"].strip() in t and is_confidence(e["confidence"])
                                       for e in r),
-                     None),
+                     blank("llm_entities")),
     "llm_classify_multi": (f"llm_classify_multi(t, {LABELS})",
                            lambda r, t: all(x["label"] in LABELS and is_confidence(x["confidence"]) for x in r),
-                           None),
+                           blank("llm_classify_multi")),
     "llm_enrich": ("llm_enrich(t, 'What does the customer want?', max_tokens := 8)",
                    lambda r, t: isinstance(r["value"], str) and is_confidence(r["confidence"]),
-                   {"value": None, "confidence": None, "truncated": None, "note": "empty text"}),
+                   blank("llm_enrich")),
     "llm_match": ("llm_match(t, 'I want my money back')",
                   lambda r, t: isinstance(r["match"], bool) and is_confidence(r["confidence"]),
-                  {"match": None, "confidence": None, "note": "empty record", "answered_by": None}),
+                  blank("llm_match")),
 }
 
 
@@ -225,9 +239,8 @@ def small_context_runtime(small_model_path):
 
 
 @pytest.fixture
-def small_context_con(small_context_runtime, tmp_path):
-    engine = Engine(load=lambda path, fmt: small_context_runtime, cache=ResultCache(tmp_path / "c.sqlite"))
-    return duckllm.register(duckdb.connect(), model=SMALL_MODEL, engine=engine)
+def small_context_con(small_context_runtime, model_on):
+    return duckllm.connect(model=model_on("smollm2-135m-512", small_context_runtime))
 
 
 @integration
@@ -247,16 +260,16 @@ def test_a_100000_character_text_is_answered_on_its_beginning(small_context_con)
 
 @integration
 def test_a_pair_too_long_for_the_context_keeps_the_start_of_both_records(small_context_runtime, small_context_con):
-    from duckllm.runtime.llama import _shares
+    from duckllm.runtime.scheduler import shares
     from duckllm.tasks import match
     long, short = "My parcel is late. " * 2000, "Parcel 42, shipped Monday"
     text = match.render(match.pair(long, short))
-    tokens, n, _, truncated = small_context_runtime._fit(text, [], lambda n: 4, 300)
+    tokens, n, _, truncated = small_context_runtime.scheduler.fit(text, [], lambda n: 4, 300)
     assert truncated and n == 296
     assert small_context_runtime.detokenize(tokens).endswith("\nRecord B: " + short)   # used to be cut away
     r = small_context_con.execute("SELECT llm_match(?, ?)", [long, short]).fetchone()[0]
     assert r["match"] in (True, False) and "truncated" in r["note"]
-    assert _shares([10, 500, 3], 100) == [10, 87, 3] and _shares([400, 500], 101) == [51, 50]
+    assert shares([10, 500, 3], 100) == [10, 87, 3] and shares([400, 500], 101) == [51, 50]
 
 
 TOO_LONG = r"take \d+ tokens, more than the model's context of 512; shorten them .* or set DUCKLLM_CONTEXT higher"
@@ -329,7 +342,7 @@ WRONG_ARGUMENTS = [  # (call, what the error says); test_sql and test_toolbox ho
     ("llm_classify('x', ['a', 'b'], descriptions := 42)", r"descriptions must be a STRUCT \{label: description\}"),
     ("llm_classify('x', ['a', 'b'], descriptions := ['one'])", "descriptions has 1 entries for 2 labels; give one per label"),
     ("llm_entities('x', descriptions := 42)", "llm_entities: descriptions must be a STRUCT"),
-    ("llm_classify('x', ['a'], confidence := 'sure')", "confidence must be one of mean_token, choice, got 'sure'"),
+    ("llm_classify('x', ['a'], confidence := 'sure')", "confidence must be one of mean_token, choice, sequence, got 'sure'"),
     ("llm_classify('x', ['a'], nearest := 'x')", "nearest must be a positive integer such as 4, got 'x'"),
     ("llm_classify('x', ['a'], options := 'fast')", r"options must be a STRUCT such as \{'instructions'"),
     ("llm_classify('x', ['a'], examples := 'x')", r"examples must be a list of STRUCTs such as \[\{'input'"),
@@ -411,22 +424,52 @@ def test_a_model_too_large_for_memory_is_a_clear_error(small_model_path, home, t
                                   "set DUCKLLM_CONTEXT or DUCKLLM_BATCH lower, or free memory")
 
 
-@pytest.mark.parametrize("name, value", [("DUCKLLM_CONTEXT", "4k"), ("DUCKLLM_CONTEXT", "0"),
-                                         ("DUCKLLM_PARALLEL", "-1"), ("DUCKLLM_THREADS", "two"),
-                                         ("DUCKLLM_BATCH", "2k"), ("DUCKLLM_BATCH_INVARIANT", "no")])
-def test_a_mistyped_setting_is_an_error_naming_it(monkeypatch, name, value):
+MISTYPED = [  # (variable, value, what the error says)
+    ("DUCKLLM_CONTEXT", "4k", "is not a whole number from 1; set it like DUCKLLM_CONTEXT=4096, or unset it"),
+    ("DUCKLLM_CONTEXT", "0", "is not a whole number from 1; set it like DUCKLLM_CONTEXT="),
+    ("DUCKLLM_PARALLEL", "-1", "is not a whole number from 1; set it like DUCKLLM_PARALLEL="),
+    ("DUCKLLM_THREADS", "two", "is not a whole number from 0; set it like DUCKLLM_THREADS="),
+    ("DUCKLLM_BATCH", "2k", "is not a whole number from 1; set it like DUCKLLM_BATCH="),
+    ("DUCKLLM_BATCH_INVARIANT", "maybe", "is neither on nor off; set it to 1 or 0, or unset it"),
+    ("DUCKLLM_CACHE", "sometimes", "is neither on nor off; set it to 1 or 0, or unset it"),
+    ("DUCKLLM_PROGRESS", "2", "is neither on nor off"),
+    ("DUCKLLM_CONFIRM_SECONDS", "a minute", "is not a number of seconds; set it like DUCKLLM_CONFIRM_SECONDS=60"),
+    ("DUCKLLM_HOME", "{file}", "DUCKLLM_HOME points at '{file}', which is a file, not a folder; "
+                               "set DUCKLLM_HOME to a folder (it is created if missing)"),
+]
+
+
+@pytest.mark.parametrize("name, value, message", MISTYPED)
+def test_a_mistyped_setting_is_an_error_naming_it_before_any_query(monkeypatch, tmp_path, name, value, message):
+    """From Python: duckllm.connect() refuses it, before the database is opened."""
+    file = tmp_path / "a-file"
+    file.write_text("")
+    value, message = value.format(file=file), message.format(file=file)
     monkeypatch.setenv(name, value)
-    with pytest.raises(ModelError, match=f"{name}='{value}' is not a whole number from [01]; set it like {name}="):
-        engine_module.load_llama("never-loaded.gguf", None)
+    with pytest.raises(ArgumentError) as raised:
+        duckllm.connect()
+    assert str(raised.value).startswith(f"{name}={value!r} " if name != "DUCKLLM_HOME" else message)
+    assert message in str(raised.value)
+
+
+def test_a_home_that_is_a_file_is_an_error_naming_the_fix_in_the_cli(tmp_path):
+    """Tried as a new user would: `duckllm sql` says what to do, not a FileExistsError from a UDF."""
+    file = tmp_path / "a-file"
+    file.write_text("")
+    run = subprocess.run([sys.executable, "-m", "duckllm.cli", "sql", "SELECT llm_clean('x').value"],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, DUCKLLM_HOME=str(file)))
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == (f"Error: DUCKLLM_HOME points at '{file}', which is a file, not a folder; "
+                                  f"set DUCKLLM_HOME to a folder (it is created if missing)")
 
 
 @integration
 def test_settings_size_the_runtime(monkeypatch, small_model_path):
     """DUCKLLM_CONTEXT, DUCKLLM_BATCH and DUCKLLM_PARALLEL replace the device's defaults."""
-    monkeypatch.setattr(engine_module, "_loaded", {})        # a runtime of its own, not the shared one
+    monkeypatch.setattr(models, "_loaded", {})        # a runtime of its own, not the shared one
     for name, value in (("DUCKLLM_CONTEXT", "1024"), ("DUCKLLM_BATCH", "64"), ("DUCKLLM_PARALLEL", "3")):
         monkeypatch.setenv(name, value)
-    runtime = engine_module.load_llama(small_model_path, None)
+    runtime = models.load_llama(small_model_path, None, Settings.from_env())
     assert (runtime.n_ctx, runtime.n_batch, runtime.n_parallel) == (1024, 64, 3)
     runtime.close()
 
@@ -488,7 +531,7 @@ def test_two_processes_share_one_cache_at_once(home):
     path = home / "cache.sqlite"
     assert integrity(path) == "ok" and cached_rows(path) == 36, outputs
     # the cache holds one answer per row, one of those the jobs gave: a third run needs no model
-    con = duckllm.register(duckdb.connect(), model=SMALL_MODEL, engine=Engine(cache=ResultCache(path)))
+    con = duckllm.connect(model=SMALL_MODEL, cache=path)
     rerun = dict(con.execute("SELECT i, llm_classify('order ' || i || ': where is my parcel', "
                              "['refund', 'delivery', 'account']).label FROM range(36) t(i)").fetchall())
     assert (stats(con)["cache_hits"], stats(con)["model_rows"]) == (36, 0)
@@ -569,7 +612,7 @@ def test_ctrl_c_in_a_python_script_then_kill_9_then_a_rerun_computes_only_the_re
     kept = cached_rows(cache_path) - 1
     assert kept >= seen - 1                         # each row is written as it finishes
 
-    con = duckllm.register(duckdb.connect(), model=SMALL_MODEL, engine=Engine(cache=ResultCache(cache_path)))
+    con = duckllm.connect(model=SMALL_MODEL, cache=cache_path)
     assert con.execute(LONG_JOB_QUERY).fetchone()[0] == total
     s = stats(con)
     assert (s["cache_hits"], s["model_rows"]) == (kept, total - kept)
@@ -585,12 +628,12 @@ class Slow(FakeRuntime):
         super().answered(i, answer, on_done)
 
 
-def test_ctrl_c_stops_the_engine_calls_of_every_thread_and_the_next_query_runs(tmp_path):
+def test_ctrl_c_stops_the_engine_calls_of_every_thread_and_the_next_query_runs(engine_on):
     """Python runs the SIGINT handler on the main thread while DuckDB threads run the engine calls
     (the query runs on a thread of its own here, standing for DuckDB's): every call stops at its
     next step, the finished rows are kept, and the next query is not cancelled too."""
-    path = tmp_path / "c.sqlite"
-    con = duckllm.register(duckdb.connect(), model="fake", engine=Engine(load=lambda p, f: Slow(), cache=ResultCache(path)))
+    engine = engine_on(Slow())
+    con, path = duckllm.register(duckdb.connect(), engine=engine), engine.settings.result_cache_path
     con.execute("SET threads = 4")
     query = "SELECT count(r.label) FROM ({})".format(" UNION ALL ".join(
         f"SELECT llm_classify('row ' || i, ['a', 'b']) AS r FROM range({k * 200}, {(k + 1) * 200}) t(i)"

@@ -5,7 +5,6 @@ import duckdb
 import pytest
 
 import duckllm
-from duckllm.engine import Engine
 
 
 def one(con, sql, *params):
@@ -40,6 +39,15 @@ def test_options_as_struct_or_named_parameters(fake_con, fake_runtime):
     assert fake_runtime.calls == [["x"], ["y"], ["z"]]
 
 
+def test_the_options_struct_counts_where_no_named_parameter_is_given(fake_con):
+    """The fake answers yes to each label with 0.4: a threshold of 0.3 keeps both labels."""
+    call = "SELECT len(llm_classify_multi('x', ['a', 'b'], {})) FROM range(1)"
+    assert one(fake_con, call.format("threshold := 0.3")) == 2
+    assert one(fake_con, call.format("options := {'threshold': 0.3}")) == 2
+    assert one(fake_con, call.format("threshold := 0.5, options := {'threshold': 0.3}")) == 0   # the named one wins
+    assert one(fake_con, call.format("options := {'threshold': 0.3, 'model': NULL}")) == 2
+
+
 def test_labels_may_differ_per_row(fake_con):
     rows = fake_con.execute("""SELECT llm_classify(t, l).label FROM (VALUES ('cat', ['dog', 'cat']),
                                ('red', ['red', 'blue'])) v(t, l)""").fetchall()
@@ -72,10 +80,10 @@ def test_clean(fake_con):
     assert one(fake_con, "SELECT llm_clean('x', 'dates as ISO 8601', model := 'fake')")["value"] == "X"
 
 
-def test_register_on_an_existing_connection_keeps_its_data(fake_runtime):
+def test_register_on_an_existing_connection_keeps_its_data():
     con = duckdb.connect()
     con.execute("CREATE TABLE mine AS SELECT 'refund me' AS t")
-    duckllm.register(con, model="fake", engine=Engine(load=lambda p, f: fake_runtime))
+    duckllm.register(con, model="fake")
     duckllm.register(con, model="fake")  # twice is fine
     assert one(con, "SELECT llm_classify(t, ['refund']).label FROM mine") == "refund"
 
@@ -87,9 +95,9 @@ def test_the_connection_default_model_is_a_variable(fake_con, fake_runtime):
     assert one(fake_con, "SELECT llm_classify('x', ['a'], model := 'fake').label") == "a"
 
 
-def test_macros_are_not_written_into_the_database_file(tmp_path, fake_runtime):
+def test_macros_are_not_written_into_the_database_file(tmp_path):
     db = str(tmp_path / "x.duckdb")
-    duckllm.register(duckdb.connect(db), engine=Engine("fake", load=lambda p, f: fake_runtime)).close()
+    duckllm.connect(db, model="fake").close()
     assert duckdb.connect(db).execute("SELECT count(*) FROM duckdb_functions() WHERE function_name LIKE 'llm_%'").fetchone()[0] == 0
 
 

@@ -21,7 +21,7 @@ def test_bad_labels_name_the_argument_and_the_fix(labels, message):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"colour": "red"}, "unknown option 'colour'; the options are agreement, agreement_confidence, confidence, descriptions"),
+    ({"colour": "red"}, "unknown option 'colour'; the options are agreement, agreement_confidence, confidence, contextual, descriptions"),
     ({"options": {"colour": 1}}, "unknown option 'colour'"),
     ({"options": "fast"}, "options must be a STRUCT"),
     ({"descriptions": ["one"]}, "descriptions has 1 entries for 2 labels"),

@@ -4,7 +4,7 @@ import math
 
 import duckdb
 import pytest
-from fakes import FakeRuntime
+from fakes import FakeRuntime, SharedLetters
 
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Answer, Choice, Generation, Say, Write
@@ -26,7 +26,7 @@ def drive(task, text, replies):
             steps.append(step)
             reply = None if isinstance(step, Say) else next(replies)
     except StopIteration as stop:
-        return task.read(Answer(stop.value), text), steps
+        return task.finish(task.read(Answer(stop.value), text)), steps     # as the engine delivers it
 
 
 def pick(index, p=0.9):
@@ -139,17 +139,7 @@ def test_examples_become_earlier_turns_of_the_shared_prompt():
     assert task.messages[1:] == (("user", "first"), ("assistant", "b"))   # incomplete examples are skipped
 
 
-class SharedLetters:
-    """A stand-in embedder: the items most similar to a text are those sharing a letter with it."""
-    def encode(self, texts):
-        return list(texts)
-
-    def nearest(self, vectors, texts, k):
-        return [[i for i, v in enumerate(vectors) if set(v) & set(text)][:k] for text in texts]
-
-
-def test_nearest_examples_are_chat_turns_of_each_row(monkeypatch, fake_runtime):
-    from duckllm.engine import Engine
+def test_nearest_examples_are_chat_turns_of_each_row(monkeypatch, fake_engine, fake_runtime):
     monkeypatch.setattr("duckllm.runtime.embed.default_embedder", lambda: SharedLetters())
     shots = [{"input": "xyz", "output": "b"}, {"input": "tac", "output": "a"}, {"input": "tic", "output": "a"}]
     task = classify.build(["a", "b"], {"examples": shots, "nearest": 1})
@@ -158,7 +148,7 @@ def test_nearest_examples_are_chat_turns_of_each_row(monkeypatch, fake_runtime):
     seen = []
     fake_runtime.run = lambda *a, row_prefixes=None, **kw: seen.append(row_prefixes) or FakeRuntime.run(
         fake_runtime, *a, **kw)
-    Engine("fake", load=lambda p, f: fake_runtime).run(task, ["tick", "zzz"])
+    fake_engine.run(task, ["tick", "zzz"])
     assert [[str(p) for p in prefixes] for prefixes in seen] == [["<|im_start|>user\ntac<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n<|im_start|>user\n",
                      "<|im_start|>user\nxyz<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>user\n"]]
 
@@ -183,19 +173,13 @@ def test_label_sets_above_the_threshold_are_preselected_by_default(monkeypatch):
 # ---- patterns: cascade and blocked joins evaluate the model only where needed -----------------
 
 @pytest.fixture
-def two_model_con(monkeypatch, tmp_path):
-    """A connection whose models 'small' and 'strong' are two fake runtimes."""
-    from fakes import FakeRuntime
-
+def two_model_con(model_on):
+    """A connection whose models 'small' (its default) and 'strong' are two fake runtimes."""
     import duckllm
-    from duckllm import store
-    from duckllm.engine import Engine, cache
-    monkeypatch.setattr(store, "resolve", lambda name=None, **kw: tmp_path / f"{name}.gguf")
-    monkeypatch.setattr(store, "identity", lambda path: str(path))
-    runtimes = {}
-    engine = Engine("small", load=lambda path, fmt: runtimes.setdefault(path.stem, FakeRuntime()),
-                    cache=cache.ResultCache(tmp_path / "c.sqlite"))
-    return duckllm.register(duckdb.connect(), engine=engine), runtimes
+    runtimes = {name: FakeRuntime() for name in ("small", "strong")}
+    for name, runtime in runtimes.items():
+        model_on(name, runtime)
+    return duckllm.connect(model="small"), runtimes
 
 
 def test_the_cascade_sends_only_unsure_rows_to_the_strong_model(two_model_con):

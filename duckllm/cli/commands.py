@@ -3,96 +3,49 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 import click
 import duckdb
-import sqlglot
 
-from duckllm import store
-from duckllm.cli import output
-from duckllm.engine import cancel
-from duckllm.errors import DuckLLMError
-from duckllm.store import catalog
+import duckllm
+from duckllm.cli import output, session
+from duckllm.engine import Engine
+from duckllm.runtime import prefix_store
+from duckllm.settings import Settings
+from duckllm.store import ModelStore, catalog
+
+# ---- the edge: Settings made from the environment and the flags, then handed to the library ----
+
+def _settings(**flags) -> Settings:
+    """The environment's DUCKLLM_* settings with the command's flags (None: not given), validated
+    here: a bad value stops the command with a line that names its fix (inside _errors)."""
+    return Settings.from_env(**flags)
 
 
-def _connect(db: str | None, model: str | None):
-    from duckllm.sql import connect
-    con = connect(db or ":memory:", model=model)
+def _connect(db: str | None, settings: Settings) -> duckdb.DuckDBPyConnection:
+    con = duckllm.connect(db or ":memory:", settings=settings)
     # DuckDB's progress bar writes to stdout even when it is piped; duckllm's goes to stderr
     con.execute("SET enable_progress_bar = false")
     return con
 
 
-def run_statements(con, sql: str, confirm=None, mode: str = "duckbox", out=None) -> None:
-    """Run every statement; print the result of each that returns rows (output.MODES).
-    confirm(statement) may veto a statement before it runs (ask_when_long). Ctrl-C cancels the
-    running statement (KeyboardInterrupt); finished rows stay cached."""
-    statements = con.extract_statements(sql)
-    if not statements:
-        raise click.UsageError("no SQL statement given")
-    for statement in statements:
-        if confirm is not None and not confirm(statement.query):
-            click.echo("Not run.", err=True)
-            continue
-        if statement.expected_result_type == [duckdb.ExpectedResultType.QUERY_RESULT]:
-            _interruptible(con, lambda: output.show(con.sql(statement.query), mode, out))
-        else:  # DDL, INSERT, SET: like the duckdb shell, print nothing
-            _interruptible(con, lambda: con.execute(statement.query))
+def _engine(settings: Settings) -> Engine:
+    return Engine(settings)
 
 
-def ask_when_long(con, threshold: float | None = None):
-    """A confirm hook for run_statements: when a statement's llm_* calls are estimated to take
-    longer than threshold seconds (DUCKLLM_CONFIRM_SECONDS, default 60), show the estimate and
-    ask before running it."""
-    from duckllm.sql import explain
-    threshold = float(os.environ.get("DUCKLLM_CONFIRM_SECONDS", 60)) if threshold is None else threshold
-
-    def confirm(query: str) -> bool:
-        if "llm_" not in query.lower():
-            return True
-        try:
-            estimates = explain.explain(con, query)
-        except (DuckLLMError, duckdb.Error, sqlglot.errors.SqlglotError):
-            return True    # not estimable before it runs (say, a table an earlier statement makes)
-        if explain.total_seconds(estimates) < threshold:
-            return True
-        click.echo(explain.render(estimates), err=True)
-        return click.confirm("This query will take a while. Run it?", default=False, err=True)
-    return confirm
+def _store(settings: Settings) -> ModelStore:
+    return ModelStore(settings.home)
 
 
-def _interruptible(con, work) -> None:
-    """Run work on a worker thread so the main thread can take Ctrl-C and cancel it."""
-    outcome: list[BaseException] = []
-
-    def run():
-        try:
-            work()
-        except BaseException as e:  # re-raised on the main thread
-            outcome.append(e)
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
+def _ask(question: str) -> bool:
+    """Ask on the terminal; Ctrl-C or Ctrl-D there answers no."""
     try:
-        while worker.is_alive():
-            worker.join(0.1)
-    except KeyboardInterrupt:
-        cancel.request(con)
-        worker.join()
-        raise
-    if outcome:
-        raise outcome[0]
-
-
-def user_message(error: Exception) -> str:
-    """DuckDB wraps a UDF's exception in its own words; keep only ours where it is one of ours."""
-    text = str(error)
-    for kind in ("ArgumentError: ", "ModelError: ", "DuckLLMError: "):
-        if kind in text:
-            return text.split(kind, 1)[1]
-    return text
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:
+        click.echo(err=True)
+        return False
 
 
 @click.group()
@@ -120,9 +73,12 @@ def sql(query, file, db, model, mode, yes):
     """Run SQL with duckllm's functions and print the results."""
     text = _query_text(query, file)
     with _errors():
-        con = _connect(db, model)
+        settings = _settings(model=model)
+        con = _connect(db, settings)
         interactive = sys.stdin.isatty() and sys.stderr.isatty() and not yes
-        run_statements(con, text, confirm=ask_when_long(con) if interactive else None, mode=mode)
+        confirm = session.ask_when_long(con, settings.confirm_seconds, _ask) if interactive else None
+        if not session.run_statements(con, text, confirm=confirm, mode=mode):
+            raise click.UsageError("no SQL statement given")
 
 
 @main.command("explain")
@@ -136,7 +92,7 @@ def explain_command(query, file, db, model):
     from duckllm.sql.explain import explain, render
     text = _query_text(query, file)
     with _errors():
-        click.echo(render(explain(_connect(db, model), text)))
+        click.echo(render(explain(_connect(db, _settings(model=model)), text)))
 
 
 def _query_text(query, file) -> str:
@@ -152,8 +108,10 @@ def shell(db, model):
     """Interactive SQL prompt with duckllm's functions loaded."""
     from duckllm.cli.shell import Shell
     with _errors():
-        con = _connect(db, model)
-        Shell(con, confirm=ask_when_long(con) if sys.stdin.isatty() else None).loop()
+        settings = _settings(model=model)
+        con = _connect(db, settings)
+        confirm = session.ask_when_long(con, settings.confirm_seconds, _ask) if sys.stdin.isatty() else None
+        Shell(con, confirm=confirm, history=settings.home / "shell_history").loop()
 
 
 @main.group()
@@ -164,9 +122,11 @@ def models():
 @models.command("list")
 def models_list():
     """Known models, their size and licence, and whether they are downloaded."""
+    with _errors():
+        models_dir = _store(_settings()).models_dir   # a DUCKLLM_HOME that is a file: a clear error
     click.echo(f"{'name':22} {'size':>9}  {'licence':14} {'local':6} description")
     for spec in catalog.models().values():
-        local = "yes" if (store.models_dir() / spec.file).is_file() else "no"
+        local = "yes" if (models_dir / spec.file).is_file() else "no"
         size = f"{spec.size / 1e6:.0f} MB" if spec.size else "?"
         default = " (default)" if spec.name == catalog.DEFAULT_MODEL else ""
         click.echo(f"{spec.name:22} {size:>9}  {spec.license:14} {local:6} {spec.description}{default}")
@@ -177,15 +137,16 @@ def models_list():
 def models_pull(name):
     """Fetch a model into the cache and verify it."""
     with _errors():
+        models = _store(_settings())
         spec = catalog.get(name)
-        path = store.models_dir() / spec.file
-        problem = store.verify(path, spec)
+        path = models.models_dir / spec.file
+        problem = models.verify(path, spec)
         if problem is None:
             click.echo(f"{spec.name} is already here and verified (licence {spec.license})", err=True)
             if spec.license_note:
                 click.echo(spec.license_note, err=True)
         else:
-            path = store.pull(spec)
+            path = models.pull(spec)
         click.echo(str(path))
 
 
@@ -194,7 +155,8 @@ def models_pull(name):
 def models_path(name):
     """Print the local .gguf path of NAME (default model when omitted), fetching it if needed."""
     with _errors():
-        click.echo(str(store.resolve(name)))
+        settings = _settings(model=name)
+        click.echo(str(_store(settings).resolve(settings.model)))
 
 
 @main.group()
@@ -204,9 +166,11 @@ def cache():
 
 @cache.command("stats")
 def cache_stats():
-    """Cached results per function, and where the cache lives."""
+    """Cached results per function, where the cache lives, and the kept prompt prefix states."""
     from duckllm.engine.cache import ResultCache
-    store_ = ResultCache()
+    with _errors():
+        settings = _settings()
+        store_ = ResultCache(settings.result_cache_path)
     rows = store_.stats()
     size = store_.path.stat().st_size if store_.path.exists() else 0
     click.echo(f"cache: {store_.path} ({size / 1e6:.1f} MB)")
@@ -217,14 +181,20 @@ def cache_stats():
     examples = ExampleStore(store_).count()
     if examples:        # the model's answers kept for agreement := (docs/proxy.md); clear removes them too
         click.echo(f"{'proxy examples':20} {examples:>10,} answers")
+    folder = prefix_store.folder_in(settings.home)
+    states, size = prefix_store.usage(folder)
+    click.echo(f"prompt prefix states: {folder} ({states:,} states, {size / 1e6:.1f} MB)")
 
 
 @cache.command("clear")
 def cache_clear():
-    """Delete every cached result."""
+    """Delete every cached result and every kept prompt prefix state."""
     from duckllm.engine.cache import ResultCache
     with _errors():
-        click.echo(f"removed {ResultCache().clear():,} cached results")
+        settings = _settings()
+        click.echo(f"removed {ResultCache(settings.result_cache_path).clear():,} cached results")
+    states, size = prefix_store.clear(prefix_store.folder_in(settings.home))
+    click.echo(f"removed {states:,} prompt prefix states ({size / 1e6:.1f} MB)")
 
 
 @main.command()
@@ -238,7 +208,6 @@ def cache_clear():
               show_default=True, help="where results.md, results.json and the plots go")
 def bench(suite_dir, datasets, limit, model, baseline, out):
     """Quality, calibration and speed of the functions on a labeled suite."""
-    from duckllm.engine import Engine
     from duckllm.evaluation import report, suite
     suite_dir = suite_dir or suite.default_suite()
     if suite_dir is None or not (suite_dir / "datasets.json").exists():
@@ -246,18 +215,19 @@ def bench(suite_dir, datasets, limit, model, baseline, out):
                                "(the format of the public suite: task, file, columns, labels)")
     names = datasets.split(",") if datasets else list(suite.manifest(suite_dir))
     model = model or catalog.DEFAULT_MODEL
-    engine = Engine(model)
-    free = suite.FreeText(store.resolve(model)) if baseline else None
     results, started = [], time.perf_counter()
-    for i, name in enumerate(names, 1):
-        click.echo(f"duckllm bench: [{i}/{len(names)}] {name} ...", err=True)
-        for result in suite.run_dataset(engine, suite_dir, name, limit, free):
-            results.append(result)
-            click.echo(f"  {report.markdown([report.row(result)]).splitlines()[-1]}", err=True)
-        done = time.perf_counter() - started
-        bar = "#" * round(20 * i / len(names))
-        click.echo(f"  [{bar:<20}] {i}/{len(names)} datasets, {done:.0f}s, about "
-                   f"{done / i * (len(names) - i):.0f}s to go", err=True)
+    with _errors():
+        engine = _engine(_settings(model=model))
+        free = suite.FreeText(engine.store.resolve(model)) if baseline else None
+        for i, name in enumerate(names, 1):
+            click.echo(f"duckllm bench: [{i}/{len(names)}] {name} ...", err=True)
+            for result in suite.run_dataset(engine, suite_dir, name, limit, free):
+                results.append(result)
+                click.echo(f"  {report.markdown([report.row(result)]).splitlines()[-1]}", err=True)
+            done = time.perf_counter() - started
+            bar = "#" * round(20 * i / len(names))
+            click.echo(f"  [{bar:<20}] {i}/{len(names)} datasets, {done:.0f}s, about "
+                       f"{done / i * (len(names) - i):.0f}s to go", err=True)
     header = f"model {model}, {limit} ids per dataset (seed {suite.SEED}), suite {suite_dir}"
     click.echo(header)
     click.echo(report.markdown([report.row(r) for r in results] + report.overall(results)))
@@ -295,12 +265,14 @@ def run_command(query, address, output, model, cache, workers, gpus_per_worker, 
     results = []
 
     def work():
-        results.append(run_query(query, output, ray=address is not None, address=address, model=model, cache=cache,
-                                 workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                                 rows_per_shard=rows_per_shard, progress=report))
+        results.append(run_query(query, output, ray=address is not None, address=address, model=settings.model,
+                                 cache=cache, workers=workers, gpus_per_worker=gpus_per_worker,
+                                 cpus_per_worker=cpus_per_worker, rows_per_shard=rows_per_shard, progress=report,
+                                 settings=settings))
     with _errors():
+        settings = _settings(model=model)
         if address is None:   # Ctrl-C must reach the model mid-shard; on Ray the main thread takes it
-            _interruptible(None, work)
+            session.interruptible(None, work)
         else:
             work()
     result = results[0]
@@ -314,9 +286,8 @@ def run_command(query, address, output, model, cache, workers, gpus_per_worker, 
 @MODEL
 def info(model):
     """Load a model and say which device runs it and how many layers are offloaded."""
-    from duckllm.engine import Engine
     with _errors():
-        details = Engine().runtime(model).describe()
+        details = _engine(_settings(model=model)).runtime().describe()
     for key, value in details.items():
         click.echo(f"{key}: {value}")
 
@@ -328,12 +299,11 @@ class _errors:
         return self
 
     def __exit__(self, kind, error, tb):
-        if isinstance(error, (DuckLLMError, duckdb.Error)):
-            click.echo(f"Error: {user_message(error)}", err=True)
+        if isinstance(error, session.USER_ERRORS):
+            click.echo(session.error_line(error), err=True)
             sys.exit(1)
         if isinstance(error, KeyboardInterrupt):
-            click.echo("Interrupted: the query was cancelled; rows finished so far are kept in the "
-                       "result cache, so running it again computes only the rest.", err=True)
+            click.echo(session.INTERRUPTED, err=True)
             # Finished rows are committed. Skip C++ teardown: after an interrupted query DuckDB's
             # and ggml's destructors can abort noisily at exit.
             sys.stdout.flush()

@@ -1,93 +1,30 @@
 """The engine applies a task to a column of texts: NULLs and empty texts, identical texts, the
 result cache, the model to use, progress and statistics. It knows nothing of DuckDB; the SQL
-layer calls it.
+layer calls it. Everything it needs to know comes in its Settings, made at the edge.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
-from dataclasses import dataclass, field
+import uuid
 from typing import Callable, Sequence
 
-from duckllm import store
-from duckllm.engine import cancel, speed
+from duckllm.confidence import contextual, stored
+from duckllm.engine import cancel, models, prompts
 from duckllm.engine.cache import ResultCache, key_of
+from duckllm.engine.models import FileLoader, Model, load_llama
+from duckllm.engine.plan import Plan
 from duckllm.engine.progress import Progress
+from duckllm.engine.speed import Speeds
 from duckllm.engine.stats import STATS
-from duckllm.errors import ModelError
-from duckllm.prompt_format import FORMATS, Format, Prompt
-from duckllm.runtime import Runtime
-from duckllm.store import catalog
+from duckllm.errors import ArgumentError
+from duckllm.runtime import Runtime, embed
+from duckllm.settings import Settings
+from duckllm.store import ModelStore, catalog
 from duckllm.tasks import Task
 
-_loaded: dict[tuple, Runtime] = {}
-_loaded_lock = threading.Lock()
-
-
-def load_llama(path, fmt: Format | None) -> Runtime:
-    """The process's one runtime for a model file: loaded on first use, then shared."""
-    from duckllm.runtime.llama import DEFAULTS, LlamaRuntime
-    key = (str(path), fmt)
-    like = DEFAULTS["cpu"]        # what an error shows as a valid value
-    with _loaded_lock:
-        if key not in _loaded:
-            _loaded[key] = LlamaRuntime(path, fmt,
-                                        # unset: the runtime's defaults for its device
-                                        n_ctx=_env_int("DUCKLLM_CONTEXT", None, like=like["n_ctx"]),
-                                        n_parallel=_env_int("DUCKLLM_PARALLEL", None, like=like["n_parallel"]),
-                                        n_batch=_env_int("DUCKLLM_BATCH", None, like=like["n_batch"]),
-                                        # several workers on one machine split its cores (duckllm.distributed)
-                                        n_threads=_env_int("DUCKLLM_THREADS", 0, lowest=0) or None,
-                                        batch_invariant=bool(_env_int("DUCKLLM_BATCH_INVARIANT", 1, lowest=0)))
-        return _loaded[key]
-
-
-def _env_int(name: str, default: int | None, lowest: int = 1, like: int | None = None) -> int | None:
-    """A whole-number setting from the environment; a typo is an error that names it."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = lowest - 1
-    if value < lowest:
-        raise ModelError(f"{name}={raw!r} is not a whole number from {lowest}; set it like "
-                         f"{name}={default if like is None else like}, or unset it for the default")
-    return value
-
-
-def cache_enabled() -> bool:
-    return os.environ.get("DUCKLLM_CACHE", "on").lower() not in ("0", "off", "false", "no")
-
-
-@dataclass
-class Plan:
-    """What one task would ask of the model, counted instead of answered (Engine.planning)."""
-    function: str
-    model: str
-    rows: int = 0                  # non-NULL rows
-    blank: int = 0                 # empty or whitespace texts: answered without the model
-    distinct: set[str] = field(default_factory=set)   # cache keys of the distinct other texts
-    cached: set[str] = field(default_factory=set)     # those already in the result cache
-    prompt_tokens: int = 0         # row-prompt tokens (text + chat tail) of the texts to compute
-    prefix_tokens: int = 0         # the shared prompt, evaluated once when anything is computed
-    tokens_per_s: float = 0.0      # row-prompt tokens/s expected on this machine ...
-    speed_source: str = ""         # ... and where that figure comes from
-
-    @property
-    def to_compute(self) -> int:
-        return len(self.distinct) - len(self.cached)
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.prefix_tokens if self.to_compute else 0
-
-    @property
-    def seconds(self) -> float:
-        return self.tokens / self.tokens_per_s if self.tokens_per_s else 0.0
+__all__ = ["Engine", "Plan", "load_llama"]
 
 
 class Engine:
@@ -97,67 +34,81 @@ class Engine:
     # ~20 us (SQLite commits every row anyway), a row of model work milliseconds at least.
     FLUSH_EVERY = 1
 
-    def __init__(self, model: str | None = None,
-                 load: Callable[[object, Format | None], Runtime] = load_llama,
+    def __init__(self, settings: Settings | None = None, load: FileLoader = load_llama,
                  cache: ResultCache | None = None):
-        self.default_model = model
+        """settings: None takes the environment's (Settings.from_env()). load makes the runtime
+        of a model file; cache replaces the result cache at settings.result_cache_path."""
+        if settings is not None and not isinstance(settings, Settings):
+            raise ArgumentError(f"Engine takes a duckllm.settings.Settings, got {settings!r}; for a default "
+                                f"model, pass Settings.from_env(model=...)")
+        self.settings = settings or Settings.from_env()
+        self.store = ModelStore(self.settings.home)
+        self.speeds = Speeds(self.settings.speeds_path)
         self._load = load
         self._cache = cache
         self._runtimes: dict[str, Runtime] = {}
-        self._models: dict[str, tuple[object, str]] = {}   # name -> (path, identity for cache keys)
+        self._models: dict[str, Model] = {}
         self._loading = threading.Lock()
-        self._plans: dict[tuple, Plan] | None = None
+        self._plans: dict[str, dict[tuple, Plan]] = {}
         self._plans_lock = threading.Lock()
         self._cascade = None
+        embed.keep_in(self.store)
 
-    @contextlib.contextmanager
-    def planning(self):
-        """Inside, run() answers nothing (every result is None): it counts what it would ask
-        of the model into the yielded {(model, task key): Plan}, for `duckllm explain`. Meant for
-        one probe query at a time; calls from other queries meanwhile are counted, not answered."""
-        self._plans = plans = {}
-        try:
-            yield plans
-        finally:
-            self._plans = None
+    @property
+    def default_model(self) -> str:
+        return self.settings.model or catalog.DEFAULT_MODEL
 
     @property
     def cache(self) -> ResultCache:
         if self._cache is None:
-            self._cache = ResultCache()
+            self._cache = ResultCache(self.settings.result_cache_path)
         return self._cache
 
-    def _model(self, name: str | None) -> tuple[str, object, str]:
-        name = name or self.default_model or catalog.DEFAULT_MODEL
+    def model(self, name: str | None = None) -> Model:
+        """The model a name stands for (None: the default), found once."""
+        name = name or self.default_model
         with self._loading:
             if name not in self._models:
-                path = store.resolve(name)
-                self._models[name] = (path, store.identity(path))
-            return (name, *self._models[name])
+                self._models[name] = models.find(name, self.settings, self.store, self._load)
+            return self._models[name]
 
     def runtime(self, model: str | None = None) -> Runtime:
-        name, path, _ = self._model(model)
+        found = self.model(model)
         with self._loading:
-            if name not in self._runtimes:
-                self._runtimes[name] = self._load(path, self._format_of(name))
-            return self._runtimes[name]
+            if found.name not in self._runtimes:
+                self._runtimes[found.name] = found.load()
+            return self._runtimes[found.name]
 
-    @staticmethod
-    def _format_of(name: str) -> Format | None:
-        """The catalog's prompt format; None lets the runtime read it from the GGUF file."""
-        spec = None if store.is_path(name) else catalog.lookup(name)
-        return FORMATS[spec.prompt_format] if spec else None
+    # ---- plans ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def planning(self):
+        """Open a plan: yields (its id, {(model, task key): Plan}). A call that carries the id,
+        run(..., plan=id), is counted into it and answers None; every other call is answered."""
+        plan_id, plans = uuid.uuid4().hex, {}
+        with self._plans_lock:
+            self._plans[plan_id] = plans
+        try:
+            yield plan_id, plans
+        finally:
+            with self._plans_lock:
+                del self._plans[plan_id]
+
+    # ---- running -------------------------------------------------------------------------
 
     def run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None = None,
-            query=None) -> list[dict | None]:
+            plan: str | None = None, calibrated: bool = True, query: str | None = None) -> list[dict | None]:
         """One result per text: None for NULL, task.empty for blank, else the model's answer.
-        Identical texts are answered once; cached answers are not recomputed. With
-        task.agreement, a proxy answers the rows it may (duckllm.proxy); query names the SQL
-        query the call belongs to, so all its calls start from the same stored examples."""
-        if self._plans is not None:
-            return self._plan(task, texts, cache_enabled() if use_cache is None else use_cache)
+        Identical texts are answered once; cached answers are not recomputed. use_cache: None
+        follows the settings. plan: the id of an open plan to count the call into instead.
+        calibrated: a calibration fitted for this task and model (llm_calibrate) maps the
+        confidences. With task.agreement, a proxy answers the rows it may (duckllm.proxy); query
+        names the SQL query the call belongs to, so all its calls start from the same stored examples."""
+        use_cache = self.settings.cache if use_cache is None else use_cache
+        if plan is not None:
+            return self._plan(plan, task, texts, use_cache)
         with cancel.working():
-            return self._run(task, texts, use_cache, query)
+            return self._run(task, texts, use_cache, calibrated, query)
 
     @property
     def cascade(self):
@@ -169,34 +120,38 @@ class Engine:
             self._cascade = Cascade(lambda: ExampleStore(self.cache))
         return self._cascade
 
-    def _plan(self, task: Task, texts: Sequence[str | None], use_cache: bool) -> list[None]:
-        name, _, model_id = self._model(task.model)
-        given = [t for t in texts if t is not None]
-        keys = {t: key_of(model_id, task.key, t) for t in given if t.strip()}
+    def _plan(self, plan_id: str, task: Task, texts: Sequence[str | None], use_cache: bool) -> list[None]:
         with self._plans_lock:
-            plan = self._plans.setdefault((model_id, task.key), Plan(task.name, name))
+            plans = self._plans.get(plan_id)
+        if plans is None:
+            raise ArgumentError(f"no plan {plan_id!r} is open: duckllm_plan is set only while duckllm explain "
+                                f"runs its probes; RESET VARIABLE duckllm_plan")
+        model = self.model(task.model)
+        given = [t for t in texts if t is not None]
+        keys = {t: key_of(model.identity, task.key, t) for t in given if t.strip()}
+        with self._plans_lock:
+            plan = plans.setdefault((model.identity, task.key), Plan(task.name, model.name))
             new = {t: k for t, k in keys.items() if k not in plan.distinct}
             plan.distinct.update(new.values())
         cached = set(self.cache.get_many(list(new.values()))) if use_cache and new else set()
         runtime = self.runtime(task.model)
-        prompt = runtime.format.split(list(task.messages))
-        tail = len(runtime.tokenize(prompt.tail, special=True))
-        tokens = sum(len(runtime.tokenize(t)) + tail for t, k in new.items() if k not in cached)
+        rows = prompts.assemble(task, runtime.format, [t for t, k in new.items() if k not in cached])
+        shared, tokens = prompts.token_counts(runtime, rows)
         first = not plan.tokens_per_s
-        rate = speed.estimate(model_id, task.name, runtime) if first else None
+        rate = self.speeds.estimate(model.identity, task.name, runtime) if first else None
         with self._plans_lock:
             plan.rows += len(given)
             plan.blank += len(given) - len(keys)
             plan.cached |= cached
             plan.prompt_tokens += tokens
+            plan.prefix_tokens = shared
             if rate:
                 plan.tokens_per_s, plan.speed_source = rate
-                plan.prefix_tokens = len(runtime.tokenize_prompt(prompt.shared))
         return [None] * len(texts)
 
-    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool | None, query=None) -> list[dict | None]:
+    def _run(self, task: Task, texts: Sequence[str | None], use_cache: bool,
+             calibrated: bool = True, query: str | None = None) -> list[dict | None]:
         started = time.perf_counter()
-        use_cache = cache_enabled() if use_cache is None else use_cache
         results: list[dict | None] = [None] * len(texts)
         positions: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
@@ -209,32 +164,38 @@ class Engine:
         n_rows = sum(len(p) for p in positions.values())
         STATS.add(calls=1, rows=len(texts), dedup_hits=n_rows - len(positions))
 
+        calibrate = dict        # a copy; a stored calibration's map where one was fitted
+
         def deliver(text: str, result: dict) -> None:
+            # a proxy's confidence is its own calibrated chance of agreeing with the model
+            result = dict(result) if result.get("answered_by") == "proxy" else calibrate(result)
             for i in positions[text]:
-                results[i] = dict(result)
+                results[i] = task.finish(result)
 
         todo = list(positions)
         if todo:
-            _, _, model_id = self._model(task.model)
-            keys = {text: key_of(model_id, task.key, text) for text in todo}
+            model = self.model(task.model)
+            if calibrated:
+                calibrate = stored.applier(self.cache.path, model.identity, task.key)
+            keys = {text: key_of(model.identity, task.key, text) for text in todo}
             cached = self.cache.get_many(list(keys.values())) if use_cache else {}
             hits = {t: cached[keys[t]] for t in todo if keys[t] in cached}
             STATS.add(cache_hits=len(hits))
             todo = [t for t in todo if t not in hits]
             if task.agreement is not None:
-                self._agree(task, todo, keys, hits, deliver, use_cache, model_id, query)
+                self._agree(task, todo, keys, hits, deliver, use_cache, model.identity, query)
             else:
                 for text, result in hits.items():
                     deliver(text, result)
                 if todo:
-                    self._compute(task, todo, keys, deliver, use_cache, model_id)
+                    self._compute(task, todo, keys, deliver, use_cache, model.identity)
         STATS.add(seconds=time.perf_counter() - started)
         return results
 
-    def _agree(self, task: Task, todo: list[str], keys: dict[str, str], hits: dict[str, dict], deliver,
-               use_cache: bool, model_id: str, query) -> None:
+    def _agree(self, task: Task, todo: list[str], keys: dict[str, str], hits: dict[str, dict], deliver: Callable,
+               use_cache: bool, model_id: str, query: str | None) -> None:
         """A call with agreement: the proxy answers what it may, the model the rest."""
-        progress = Progress(task.name, total=len(todo))
+        progress = Progress(task.name, total=len(todo), enabled=self.settings.progress)
 
         def by_proxy(n: int) -> None:
             STATS.add(proxy_rows=n)
@@ -246,16 +207,17 @@ class Engine:
         finally:
             progress.close()
 
-    def _compute(self, task: Task, texts: list[str], keys: dict[str, str], deliver, use_cache: bool,
+    def _compute(self, task: Task, texts: list[str], keys: dict[str, str], deliver: Callable, use_cache: bool,
                  model_id: str, progress: Progress | None = None) -> None:
         """Answer texts on the model; each row is delivered, counted and cached as it finishes,
         so an interrupted call keeps what it finished. progress: a call's own, shared by its
         model runs (with agreement), else one for these texts."""
         runtime = self.runtime(task.model)
+        if task.contextual is not None:    # calibrated without labels: its prior, once per task and model
+            task = contextual.prepared(task, runtime, self.cache.path, model_id)
         STATS.set(device=runtime.describe().get("device", "?"))
-        prompt = runtime.format.split(list(task.messages))
         own_progress = progress is None
-        progress = progress or Progress(task.name, total=len(texts))
+        progress = progress or Progress(task.name, total=len(texts), enabled=self.settings.progress)
         finished: list[tuple[str, dict]] = []
         usage = (runtime.usage.prompt_tokens, runtime.usage.generated_tokens)
 
@@ -272,17 +234,13 @@ class Engine:
             finished.append((keys[texts[i]], result))
             if len(finished) >= self.FLUSH_EVERY:
                 flush()
-        task.prepare(texts)
-        prefixes = None
-        if task.row_turns:    # each row opens its own user turn after turns of its own
-            fmt = runtime.format
-            prompt = Prompt(fmt.render(list(task.messages)), prompt.tail)
-            prefixes = [fmt.open_turn(task.row_turns(t)) for t in texts]
+        rows = prompts.assemble(task, runtime.format, texts)
         started = time.perf_counter()
         try:
-            runtime.run(prompt, [task.render(t) for t in texts], lambda i, n: task.program(texts[i], n),
-                        task.answer_tokens, on_done=on_done, row_prefixes=prefixes)
-            speed.record(model_id, task.name, runtime.usage.prompt_tokens - usage[0], time.perf_counter() - started)
+            runtime.run(rows.prompt, rows.texts, lambda i, n: task.program(texts[i], n), task.answer_tokens,
+                        on_done=on_done, row_prefixes=rows.prefixes)
+            self.speeds.record(model_id, task.name, runtime.usage.prompt_tokens - usage[0],
+                               time.perf_counter() - started)
         finally:
             flush()
             if own_progress:

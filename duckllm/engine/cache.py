@@ -1,4 +1,5 @@
-"""The persistent result cache: one SQLite file under the duckllm home.
+"""The persistent result cache: one SQLite file, under the duckllm home unless the settings name
+another (settings.result_cache_path).
 
 Keys hash everything that shapes an answer: the model file's sha256, the task (function, prompt
 version, arguments, options) and the input text. SQLite in WAL mode lets several processes read
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 from duckllm.errors import DuckLLMError
-from duckllm.home import home
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS results (
     key TEXT PRIMARY KEY,
@@ -26,10 +26,6 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS results (
     result TEXT NOT NULL,
     created REAL NOT NULL)"""
 CLEARED_WITH_RESULTS = ("proxy_examples",)    # tables beside the results that clear() empties
-
-
-def default_path() -> Path:
-    return home() / "cache.sqlite"
 
 
 def key_of(model_id: str, task_key: str, text: str) -> str:
@@ -41,8 +37,8 @@ def key_of(model_id: str, task_key: str, text: str) -> str:
 
 
 class ResultCache:
-    def __init__(self, path: Path | None = None):
-        self.path = Path(path) if path else default_path()
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self._local = threading.local()
         self._broken: str | None = None       # why it can be neither read nor written
         self._read_only: str | None = None    # why it can be read only

@@ -1,29 +1,23 @@
 """Progress of long work on stderr: rows done, total, rows/s and ETA.
 
-Shown only when stderr is a terminal, after the work has run a second, and not when
-DUCKLLM_PROGRESS=0. Results stay alone on stdout (DuckDB's own progress bar writes there).
+Shown after the work has run a second, when settings.progress is on, or is unset and stderr is a
+terminal (DUCKLLM_PROGRESS). Results stay alone on stdout (DuckDB's own progress bar writes there).
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 SHOW_AFTER_S = 1.0
 
 
-def _enabled(stream) -> bool:
-    if os.environ.get("DUCKLLM_PROGRESS", "").lower() in ("0", "off", "false", "no"):
-        return False
-    return os.environ.get("DUCKLLM_PROGRESS", "").lower() in ("1", "on", "true", "yes") or stream.isatty()
-
-
 class Progress:
-    def __init__(self, label: str, total: int | None = None, stream=None):
+    def __init__(self, label: str, total: int | None = None, stream=None, enabled: bool | None = None):
+        """enabled: show it (True), never (False), or only on a terminal (None)."""
         self.label, self.total, self.done = label, total, 0
         self.by_proxy = 0       # of done: rows a proxy answered (duckllm.proxy), shown when any
         self.stream = stream or sys.stderr
-        self.enabled = _enabled(self.stream)
+        self.enabled = self.stream.isatty() if enabled is None else enabled
         self.started = time.perf_counter()
         self.shown = False
 

@@ -3,48 +3,54 @@ confidence can be trusted, and how fast; written as a table, results.md, results
 
 Confidence is judged three ways: AUROC (does it rank right answers above wrong ones), ECE (does
 a 0.8 mean right 80% of the time) and the accuracy left after abstaining on the least confident
-20% of rows.
+20% of rows; and again after calibration (the `_cal` columns), each row's confidence from a map
+fitted on the dataset's other rows (cross-fitted, as llm_calibrate would fit it), with the cut
+that reaches a precision of 0.9 and the share of rows it keeps.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from duckllm.confidence import auroc
-from duckllm.evaluation.suite import Result, Scored
+from duckllm.confidence import calibration, metrics
+from duckllm.confidence.metrics import BINS, auroc
+from duckllm.evaluation.scoring import Result, Scored
 
-BINS = 10
 ABSTAIN = 0.2
 COLUMNS = ("dataset", "function", "method", "rows", "accuracy", "f1", "invalid", "auroc", "ece",
-           "acc_at_80", "rows_per_s")
+           "acc_at_80", "auroc_cal", "ece_cal", "acc_at_80_cal", "cut_p90", "coverage_p90", "rows_per_s")
+PRECISION = 0.9
 
 
 def ece(scored: list[Scored], bins: int = BINS) -> float | None:
-    """Expected calibration error: |accuracy - mean confidence| per confidence bin, weighted."""
-    if not scored:
-        return None
-    total = 0.0
-    for b in range(bins):
-        inside = [s for s in scored if _bin(s.confidence, bins) == b]
-        if inside:
-            accuracy = sum(s.correct for s in inside) / len(inside)
-            confidence = sum(s.confidence or 0.0 for s in inside) / len(inside)
-            total += len(inside) * abs(accuracy - confidence)
-    return total / len(scored)
-
-
-def _bin(confidence: float | None, bins: int) -> int:
-    return min(int((confidence or 0.0) * bins), bins - 1)
+    return metrics.ece([s.confidence for s in scored], [s.correct for s in scored], bins)
 
 
 def accuracy_at(scored: list[Scored], coverage: float) -> float | None:
-    """Accuracy on the most confident `coverage` share of rows (abstaining on the rest)."""
-    kept = sorted(scored, key=lambda s: -(s.confidence or 0.0))[:max(1, round(coverage * len(scored)))]
-    return sum(s.correct for s in kept) / len(kept) if scored else None
+    return metrics.accuracy_at([s.confidence for s in scored], [s.correct for s in scored], coverage)
 
 
 def row(result: Result) -> dict:
-    return {**result.row(), "ece": ece(result.scored), "acc_at_80": accuracy_at(result.scored, 1 - ABSTAIN)}
+    return {**result.row(), "ece": ece(result.scored), "acc_at_80": accuracy_at(result.scored, 1 - ABSTAIN),
+            **_calibrated_columns(calibrated(result), [s.correct for s in result.scored])}
+
+
+def calibrated(result: Result) -> list[float] | None:
+    """Each answer's confidence after a calibration fitted on the dataset's other rows, or None
+    where the rows cannot calibrate (too few, or all right or all wrong)."""
+    scored = result.scored
+    answers = [s.answer for s in scored] if scored and all(s.answer is not None for s in scored) else None
+    mapped = calibration.cross_fit([s.confidence for s in scored], [s.correct for s in scored], answers)
+    return None if mapped is None else [float(p) for p in mapped]
+
+
+def _calibrated_columns(confidences: list[float] | None, correct: list[bool]) -> dict:
+    if confidences is None:
+        return dict.fromkeys(("auroc_cal", "ece_cal", "acc_at_80_cal", "cut_p90", "coverage_p90"))
+    cut = calibration.for_precision(confidences, correct, PRECISION)
+    return {"auroc_cal": auroc(confidences, correct), "ece_cal": metrics.ece(confidences, correct),
+            "acc_at_80_cal": metrics.accuracy_at(confidences, correct, 1 - ABSTAIN),
+            "cut_p90": cut.cut, "coverage_p90": cut.coverage}
 
 
 def overall(results: list[Result]) -> list[dict]:
@@ -55,7 +61,11 @@ def overall(results: list[Result]) -> list[dict]:
         scored = [s for r in mine for s in r.scored]
         f1s = [r.f1 for r in mine if r.f1 is not None]
         seconds = sum(r.seconds for r in mine)
+        mapped = [(calibrated(r), r) for r in mine]
+        pooled = [c for m, r in mapped if m is not None for c in m]
+        pooled_correct = [s.correct for m, r in mapped if m is not None for s in r.scored]
         lines.append({
+            **_calibrated_columns(pooled or None, pooled_correct),
             "dataset": "overall", "function": "-", "method": method, "rows": sum(r.rows for r in mine),
             "accuracy": sum(s.correct for s in scored) / max(1, len(scored)),
             "f1": sum(f1s) / len(f1s) if f1s else None, "invalid": sum(r.invalid for r in mine),
@@ -68,7 +78,7 @@ def overall(results: list[Result]) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        lines.append("| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -101,13 +111,14 @@ def plots(out: Path, results: list[Result]) -> list[Path]:
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     for method in methods:
         scored = [s for r in results if r.method == method for s in r.scored]
-        centers, accuracies = [], []
-        for b in range(BINS):
-            inside = [s for s in scored if _bin(s.confidence, BINS) == b]
-            if inside:
-                centers.append(sum(s.confidence or 0.0 for s in inside) / len(inside))
-                accuracies.append(sum(s.correct for s in inside) / len(inside))
-        ax.plot(centers, accuracies, "o-", label=method)
+        points = metrics.reliability([s.confidence for s in scored], [s.correct for s in scored])
+        ax.plot([b.confidence for b in points], [b.accuracy for b in points], "o-", label=method)
+        mapped = [(calibrated(r), r) for r in results if r.method == method]
+        points = metrics.reliability([c for m, _ in mapped if m for c in m],
+                                     [s.correct for m, r in mapped if m for s in r.scored])
+        if points:
+            ax.plot([b.confidence for b in points], [b.accuracy for b in points], "s--",
+                    label=f"{method}, calibrated (cross-fitted)")
     ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (all datasets)", xlim=(0, 1), ylim=(0, 1))
     ax.legend()
     written.append(_save(fig, out / "reliability.png"))

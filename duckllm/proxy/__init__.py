@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from duckllm.errors import ArgumentError
 
-OPTIONS = {"agreement", "agreement_confidence"}
 DEFAULT_CONFIDENCE = 0.95
 
 

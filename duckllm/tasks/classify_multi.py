@@ -11,10 +11,30 @@ from duckllm.errors import ArgumentError
 from duckllm.runtime import Pick, Say, answer_bound
 from duckllm.tasks import Task, canonical, listing, parse_options
 from duckllm.tasks.classify import validate_descriptions, validate_labels
+from duckllm.tasks.declare import (
+    CONFIDENCE,
+    DESCRIPTIONS,
+    INSTRUCTIONS,
+    MODEL,
+    OPTIONS,
+    TEXT,
+    Field,
+    Function,
+    ListOf,
+    Param,
+    Struct,
+)
 
-FUNCTION = "llm_classify_multi"
-VERSION = 1
-OPTIONS = {"descriptions", "instructions", "model", "threshold"}
+DECLARATION = Function(
+    "llm_classify_multi",
+    params=(TEXT, Param("labels", "VARCHAR[]", positional=True), DESCRIPTIONS, INSTRUCTIONS,
+            Param("threshold", "DOUBLE"), OPTIONS, MODEL),
+    result=(Field("labels", ListOf(Struct((Field("label", "VARCHAR"), CONFIDENCE)))),),
+    blank={"labels": None},
+    returns="list",
+)
+FUNCTION = DECLARATION.name
+VERSION = 2     # 2: an answer keeps every label's probability; the threshold applies on delivery
 DEFAULT_THRESHOLD = 0.5
 
 SYSTEM = ("{instructions}\n\nLabels:\n{labels}\n\nAnswer with one line per label, in this order, as "
@@ -30,7 +50,7 @@ def from_sql(args: dict) -> Task:
 
 def build(labels, options=None) -> Task:
     labels = validate_labels(labels, FUNCTION)
-    opts = parse_options(FUNCTION, options, OPTIONS)
+    opts = parse_options(FUNCTION, options, DECLARATION.options)
     descriptions = validate_descriptions(labels, opts.get("descriptions"), FUNCTION)
     threshold = opts.get("threshold", DEFAULT_THRESHOLD)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
@@ -50,11 +70,18 @@ def build(labels, options=None) -> Task:
     bound = sum(answer_bound(f"{label}:") + 4 for label in labels)
 
     def read(answer, text):
-        return {"labels": [{"label": label, "confidence": p}
-                           for label, p in zip(labels, answer.value) if p >= threshold]}
+        return {"labels": [{"label": label, "confidence": p} for label, p in zip(labels, answer.value)]}
 
+    def finish(result):
+        """The labels that apply: at least threshold sure, after any calibration of each label."""
+        kept = [x for x in result["labels"] if x["confidence"] is not None and x["confidence"] >= threshold]
+        return {**result, "labels": kept}
+
+    # the threshold only filters what is delivered: calls that differ in it share cached answers
+    # and a calibration
     return Task(
         name=FUNCTION, version=VERSION, messages=(("system", system),), program=program,
-        answer_tokens=lambda n: bound, read=read, empty={"labels": None},
-        model=opts.get("model"), key=canonical(FUNCTION, VERSION, labels, opts),
+        answer_tokens=lambda n: bound, read=read, empty=DECLARATION.blank, finish=finish,
+        model=opts.get("model"),
+        key=canonical(FUNCTION, VERSION, labels, {k: v for k, v in opts.items() if k != "threshold"}),
     )

@@ -6,10 +6,27 @@ import math
 from duckllm.confidence import mean_token_prob
 from duckllm.runtime import Write, single
 from duckllm.tasks import TRUNCATED, Task, canonical, examples, instructed, notes
+from duckllm.tasks.declare import (
+    CONFIDENCE,
+    EMPTY_TEXT,
+    EXAMPLES,
+    INSTRUCTIONS,
+    MODEL,
+    NOTE,
+    OPTIONS,
+    TEXT,
+    Field,
+    Function,
+)
 
-FUNCTION = "llm_clean"
+DECLARATION = Function(
+    "llm_clean",
+    params=(TEXT, INSTRUCTIONS, OPTIONS, EXAMPLES, MODEL),
+    result=(Field("value", "VARCHAR"), CONFIDENCE, Field("changed", "BOOLEAN"), NOTE),
+    blank={"value": None, "confidence": None, "changed": None, "note": EMPTY_TEXT},
+)
+FUNCTION = DECLARATION.name
 VERSION = 1
-OPTIONS = {"instructions", "model", "examples"}
 
 SYSTEM = ("You clean one messy data value. Fix typos, spacing, casing and formatting, keeping its "
           "meaning and language. Reply with the cleaned value only. If it is already clean, reply "
@@ -30,7 +47,7 @@ def from_sql(args: dict) -> Task:
 
 
 def build(instructions=None, options=None) -> Task:
-    system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, OPTIONS)
+    system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, DECLARATION.options)
     given = examples.parse(FUNCTION, opts.get("examples"))
     messages = [("system", system)] + examples.as_turns(given or DEFAULT_EXAMPLES, str, str)
     limit = lambda n: MAX_TOKENS + math.ceil(PER_INPUT_TOKEN * n)
@@ -45,6 +62,6 @@ def build(instructions=None, options=None) -> Task:
     return Task(
         name=FUNCTION, version=VERSION, messages=tuple(messages),
         program=lambda text, n: single(Write(limit(n))), answer_tokens=lambda n: limit(n) + 1, read=read,
-        empty={"value": None, "confidence": None, "changed": None, "note": "empty text"},
+        empty=DECLARATION.blank,
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, instructions, opts),
     )

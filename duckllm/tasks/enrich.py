@@ -13,10 +13,28 @@ from duckllm.tasks import (
     parse_options,
     whole_number,
 )
+from duckllm.tasks.declare import (
+    CONFIDENCE,
+    EMPTY_TEXT,
+    EXAMPLES,
+    MODEL,
+    NOTE,
+    OPTIONS,
+    TEXT,
+    Field,
+    Function,
+    Param,
+)
 
-FUNCTION = "llm_enrich"
+DECLARATION = Function(
+    "llm_enrich",
+    params=(TEXT, Param("question", "VARCHAR", positional=True), Param("max_tokens", "INTEGER", option=False),
+            EXAMPLES, OPTIONS, MODEL),
+    result=(Field("value", "VARCHAR"), CONFIDENCE, Field("truncated", "BOOLEAN"), NOTE),
+    blank={"value": None, "confidence": None, "truncated": None, "note": EMPTY_TEXT},
+)
+FUNCTION = DECLARATION.name
 VERSION = 1
-OPTIONS = {"model", "examples"}
 DEFAULT_MAX_TOKENS = 32
 MAX_TOKENS_LIMIT = 1024
 
@@ -35,7 +53,7 @@ def build(question, max_tokens=None, options=None) -> Task:
         raise ArgumentError(f"{FUNCTION}: question must be a non-empty text such as 'Which country is this "
                             f"address in?', got {question!r}")
     max_tokens = whole_number(FUNCTION, "max_tokens", max_tokens, MAX_TOKENS_LIMIT) or DEFAULT_MAX_TOKENS
-    opts = parse_options(FUNCTION, options, OPTIONS)
+    opts = parse_options(FUNCTION, options, DECLARATION.options)
     given = examples.parse(FUNCTION, opts.get("examples"))
     messages = [("system", SYSTEM.format(question=question.strip()))] + examples.as_turns(given, str, str)
 
@@ -47,6 +65,6 @@ def build(question, max_tokens=None, options=None) -> Task:
     return Task(
         name=FUNCTION, version=VERSION, messages=tuple(messages),
         program=lambda text, n: single(Write(max_tokens)), answer_tokens=lambda n: max_tokens + 1, read=read,
-        empty={"value": None, "confidence": None, "truncated": None, "note": "empty text"},
+        empty=DECLARATION.blank,
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, question, max_tokens, opts),
     )

@@ -9,10 +9,30 @@ from duckllm.confidence import mean_token_prob
 from duckllm.runtime import Pick, Write, answer_bound
 from duckllm.tasks import Task, canonical, listing, parse_options, whole_number
 from duckllm.tasks.classify import validate_descriptions, validate_labels
+from duckllm.tasks.declare import (
+    CONFIDENCE,
+    DESCRIPTIONS,
+    INSTRUCTIONS,
+    MODEL,
+    OPTIONS,
+    TEXT,
+    Field,
+    Function,
+    ListOf,
+    Param,
+    Struct,
+)
 
-FUNCTION = "llm_entities"
+DECLARATION = Function(
+    "llm_entities",
+    params=(TEXT, Param("types", "VARCHAR[]", default="['PER', 'ORG', 'LOC', 'MISC']", option=False),
+            DESCRIPTIONS, INSTRUCTIONS, Param("max_entities", "INTEGER"), OPTIONS, MODEL),
+    result=(Field("entities", ListOf(Struct((Field("text", "VARCHAR"), Field("type", "VARCHAR"), CONFIDENCE)))),),
+    blank={"entities": None},
+    returns="list",
+)
+FUNCTION = DECLARATION.name
 VERSION = 2
-OPTIONS = {"descriptions", "instructions", "model", "max_entities"}
 MAX_ENTITIES, MAX_ENTITIES_LIMIT = 16, 64
 SPAN_TOKENS = 12
 NONE = "none"
@@ -39,7 +59,7 @@ def from_sql(args: dict) -> Task:
 
 def build(types, options=None) -> Task:
     types = validate_labels(types, FUNCTION, "types", example="['PER', 'ORG', 'LOC', 'MISC']")
-    opts = parse_options(FUNCTION, options, OPTIONS)
+    opts = parse_options(FUNCTION, options, DECLARATION.options)
     descriptions = {**{t: KNOWN[t] for t in types if t in KNOWN},
                     **validate_descriptions(types, opts.get("descriptions"), FUNCTION)}
     limit = whole_number(FUNCTION, "max_entities", opts.get("max_entities"), MAX_ENTITIES_LIMIT) or MAX_ENTITIES
@@ -75,6 +95,6 @@ def build(types, options=None) -> Task:
 
     return Task(
         name=FUNCTION, version=VERSION, messages=tuple(messages), program=program,
-        answer_tokens=lambda n: per_entity * limit + 2, read=read, empty={"entities": None},
+        answer_tokens=lambda n: per_entity * limit + 2, read=read, empty=DECLARATION.blank,
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, types, opts),
     )

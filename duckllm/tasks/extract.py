@@ -12,11 +12,29 @@ from duckllm.confidence import mean_token_prob
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Pick, Say, Write, answer_bound
 from duckllm.tasks import TRUNCATED, Task, canonical, instructed, notes
+from duckllm.tasks.declare import (
+    EMPTY_TEXT,
+    INSTRUCTIONS,
+    MODEL,
+    NOTE,
+    OPTIONS,
+    TEXT,
+    Field,
+    Function,
+    Param,
+    PerField,
+)
 
-FUNCTION = "llm_extract"
+DECLARATION = Function(
+    "llm_extract",
+    params=(TEXT, Param("schema", "STRUCT", positional=True), INSTRUCTIONS, OPTIONS, MODEL),
+    result=(Field("confidence", PerField("DOUBLE")), NOTE),     # after the schema's own fields
+    blank={"confidence": None, "note": EMPTY_TEXT},
+    returns="schema",
+)
+FUNCTION = DECLARATION.name
 VERSION = 2
-OPTIONS = {"instructions", "model"}
-RESERVED = ("confidence", "note")     # the result's own fields beside the schema's
+RESERVED = tuple(field.name for field in DECLARATION.result)     # no schema field may take these names
 SCHEMA_EXAMPLE = "{'brand': 'VARCHAR', 'size_gb': 'INTEGER'}"
 
 # SQL type -> (how the prompt names it, the kind of value written, its token limit)
@@ -59,9 +77,12 @@ def parse_schema(raw) -> dict[str, str]:
 
 
 def json_structure(raw) -> str:
-    """The result's shape for DuckDB's from_json: the fields, their confidences, a note."""
+    """The result's shape for DuckDB's from_json: the schema's fields, then the declared ones
+    (their confidences, a note)."""
     fields = parse_schema(raw)
-    return json.dumps({**fields, "confidence": {name: "DOUBLE" for name in fields}, "note": "VARCHAR"})
+    return json.dumps({**fields, **{field.name: dict.fromkeys(fields, field.type.item)
+                                    if isinstance(field.type, PerField) else field.type
+                                    for field in DECLARATION.result}})
 
 
 def from_sql(args: dict) -> Task:
@@ -72,7 +93,7 @@ def from_sql(args: dict) -> Task:
 def build(schema, options=None) -> Task:
     fields = parse_schema(schema)
     listed = ", ".join(name if kind == "VARCHAR" else f"{name} ({TYPES[kind][0]})" for name, kind in fields.items())
-    system, opts, _ = instructed(FUNCTION, SYSTEM.format(fields=listed), None, options, OPTIONS)
+    system, opts, _ = instructed(FUNCTION, SYSTEM.format(fields=listed), None, options, DECLARATION.options)
     names = list(fields)
 
     def program(text, n_tokens):
@@ -103,7 +124,7 @@ def build(schema, options=None) -> Task:
 
     return Task(
         name=FUNCTION, version=VERSION, messages=(("system", system),), program=program,
-        answer_tokens=lambda n: bound, read=read, empty={"note": "empty text"},
+        answer_tokens=lambda n: bound, read=read, empty={**dict.fromkeys(fields), **DECLARATION.blank},
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, fields, opts),
     )
 

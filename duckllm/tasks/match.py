@@ -8,10 +8,30 @@ from duckllm.confidence import choice_prob
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Parts, Pick, single
 from duckllm.tasks import TRUNCATED, Task, canonical, examples, instructed
+from duckllm.tasks.declare import (
+    AGREEMENT,
+    ANSWERED_BY,
+    CONFIDENCE,
+    EXAMPLES,
+    INSTRUCTIONS,
+    MODEL,
+    NOTE,
+    OPTIONS,
+    Field,
+    Function,
+    Param,
+)
 
-FUNCTION = "llm_match"
+# The pair travels to the UDF as one JSON text (pair() below), so dedup and the cache key on it.
+DECLARATION = Function(
+    "llm_match",
+    params=(Param("a", "VARCHAR", positional=True, row=True), Param("b", "VARCHAR", positional=True, row=True),
+            INSTRUCTIONS, OPTIONS, EXAMPLES, MODEL, *AGREEMENT),
+    result=(Field("match", "BOOLEAN"), CONFIDENCE, NOTE, ANSWERED_BY),
+    blank={"match": None, "confidence": None, "note": "empty record", "answered_by": None},
+)
+FUNCTION = DECLARATION.name
 VERSION = 4     # 4: a pair too long for the context is cut from both records, not only the second
-OPTIONS = {"instructions", "model", "examples"} | proxy.OPTIONS
 ANSWERS = ("Yes", "No")   # as chat models write them: lower case pulled answers away (bench)
 # Confidence is P(the answer | Yes or No): the probability of the one answer token over the
 # whole vocabulary also holds the mass of other spellings, and says less.
@@ -37,7 +57,7 @@ def from_sql(args: dict) -> Task:
 
 
 def build(instructions=None, options=None) -> Task:
-    system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, OPTIONS)
+    system, opts, instructions = instructed(FUNCTION, SYSTEM, instructions, options, DECLARATION.options)
     agreement = proxy.options(FUNCTION, opts)
     given = examples.parse(FUNCTION, opts.get("examples"), _check_example)
     messages = [("system", system)] + examples.as_turns(
@@ -46,12 +66,12 @@ def build(instructions=None, options=None) -> Task:
     def read(answer, text):
         choice = answer.value
         return {"match": choice.index == 0, "confidence": choice_prob(choice.choice_logprob),
-                "note": TRUNCATED if answer.truncated else None}
+                "note": TRUNCATED if answer.truncated else None, "answered_by": None}   # see classify
 
     return Task(
         name=FUNCTION, version=VERSION, messages=tuple(messages), render=render,
         program=lambda text, n: single(Pick(ANSWERS)), answer_tokens=lambda n: 4, read=read,
-        empty={"match": None, "confidence": None, "note": "empty record"},
+        empty=DECLARATION.blank,
         model=opts.get("model"), key=canonical(FUNCTION, VERSION, instructions, opts),
         agreement=agreement and proxy.Agreement(
             *agreement, classes=ANSWERS, features="pair", label_of=lambda result: ANSWERS[not result["match"]],

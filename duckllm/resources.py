@@ -1,14 +1,5 @@
-"""The one place that decides where duckllm keeps its files."""
-import os
+"""Data folders shipped with duckllm: the model catalog (models/) and the SQL macros (sql_macros/)."""
 from pathlib import Path
-
-
-def home() -> Path:
-    """duckllm's directory for models and caches: $DUCKLLM_HOME, else ~/.cache/duckllm."""
-    configured = os.environ.get("DUCKLLM_HOME")
-    base = Path(configured).expanduser() if configured else Path.home() / ".cache" / "duckllm"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
 
 
 def package_data(name: str) -> Path:
