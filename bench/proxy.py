@@ -19,7 +19,6 @@ proxy takes with n stored answers; (4) features: n-grams, sentence embeddings, b
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import math
@@ -33,15 +32,18 @@ import numpy as np
 from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
 import proxy_answers
 
-from duckllm.engine import Engine
+from duckllm.engine import Engine, models
 from duckllm.engine.cache import ResultCache
 from duckllm.engine.stats import STATS
 from duckllm.prompt_format import FORMATS
 from duckllm.proxy import classifier, sampling
 from duckllm.proxy.features import FEATURES
 from duckllm.runtime import Answer, Choice, Usage
+from duckllm.settings import Settings
+from duckllm.store import catalog
 
 CHUNK = 2048            # DuckDB's vector size: the rows one UDF call gets
 GPU_ROWS_PER_S = 300    # the default model's class on the H200 (docs/gpu.md), for the cost beside it
@@ -169,13 +171,15 @@ ORIGINAL = dict(FEATURES)
 def replay(column: Column, task) -> tuple[list[dict], float, float]:
     """The column through the engine in DuckDB-sized chunks: results, wall and CPU seconds."""
     runtime = Replay({t: (m, c) for t, m, c in zip(column.texts, column.model, column.confidence)})
+    models.register("replay", lambda settings: runtime)
     with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(task.model, load=lambda path, fmt: runtime, cache=ResultCache(Path(tmp) / "cache.sqlite"))
+        engine = Engine(Settings.from_env(model="replay", progress=False), cache=ResultCache(Path(tmp) / "cache.sqlite"))
         STATS.reset()
         wall, cpu = time.perf_counter(), time.process_time()
         results = []
         for start in range(0, len(column.texts), CHUNK):
-            results += engine.run(task, column.texts[start:start + CHUNK], query="bench")
+            results += engine.run(dataclasses.replace(task, model="replay"), column.texts[start:start + CHUNK],
+                                  query="bench")
         # features were memoised: add what computing them once per row costs
         extra = MEMO.cpu_per_row.get(task.agreement.features, 0.0) * len(column.texts)
         return results, time.perf_counter() - wall + extra, time.process_time() - cpu + extra
@@ -319,9 +323,7 @@ def projection(columns, model, targets, total: int, features: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="ag_news,sms_spam")
-    parser.add_argument("--model", default=proxy_answers.DEFAULT_MODEL)
+    parser = _common.parser(__doc__, suite=None, model=catalog.DEFAULT_MODEL, datasets="ag_news,sms_spam")
     parser.add_argument("--answers", choices=("model", "gold"), default="model")
     parser.add_argument("--rows", type=int, help="the first N saved rows only")
     parser.add_argument("--targets", default="0.9,0.95,0.99")
@@ -331,8 +333,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="tables to leave out, e.g. 2,4")
     parser.add_argument("--features", default="text,text+embedding",
                         help="the proxy's features to compare in (1); the first is used for (2), (3) and (5)")
-    parser.add_argument("--suite", type=Path, default=proxy_answers.DEFAULT_SUITE)
-    args = parser.parse_args()
+    args = _common.parse(parser)
     targets = [float(t) for t in args.targets.split(",")]
     columns = [load(args.suite, name, args.model, args.answers, args.rows) for name in args.datasets.split(",")]
     for c in columns:

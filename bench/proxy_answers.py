@@ -10,34 +10,36 @@ files stay out of the repository.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
-from duckllm import store
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
+
 from duckllm.engine import Engine
 from duckllm.engine.cache import ResultCache
-from duckllm.evaluation import suite
-from duckllm.evaluation.suite import DESCRIPTIONS, SEED
+from duckllm.evaluation import datasets
+from duckllm.evaluation.datasets import DESCRIPTIONS, SEED
+from duckllm.settings import Settings
+from duckllm.store import catalog
 from duckllm.tasks import classify
 
 OUT = Path(__file__).resolve().parent / "out" / "proxy"
-DEFAULT_MODEL = "qwen2.5-coder-1.5b"
-DEFAULT_SUITE = suite.default_suite() or Path("/work/shared/data")
 
 
 def column(suite_dir: Path, name: str) -> tuple[list[dict], list[str]]:
     """The dataset's distinct texts with their gold labels, in a seeded random order."""
-    spec = suite.manifest(suite_dir)[name]
+    spec = datasets.manifest(suite_dir)[name]
     seen, rows = set(), []
-    for r in suite.read_rows(suite_dir, spec):
+    for r in datasets.read_rows(suite_dir, spec):
         if r["text"] not in seen:
             seen.add(r["text"])
             rows.append({"text": r["text"], "gold": r["label"]})
     random.Random(SEED).shuffle(rows)
-    return rows, suite.labels_of(suite_dir, spec)
+    return rows, datasets.labels_of(suite_dir, spec)
 
 
 def task_for(name: str, labels: list[str], model: str, **options):
@@ -48,7 +50,7 @@ def task_for(name: str, labels: list[str], model: str, **options):
 
 
 def saved_path(model: str, name: str) -> Path:
-    return OUT / Path(str(store.resolve(model))).stem / f"{name}.jsonl"
+    return OUT / _common.model_path(model).stem / f"{name}.jsonl"
 
 
 def load(model: str, name: str) -> list[dict]:
@@ -64,7 +66,7 @@ def collect(suite_dir: Path, name: str, rows: int, model: str, chunk: int) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {r["text"] for r in load(model, name)}
     todo = [r for r in column_rows[:rows] if r["text"] not in done]
-    engine = Engine(model=model, cache=ResultCache(OUT / "answers-cache.sqlite"))
+    engine = Engine(Settings.from_env(model=model, progress=False), cache=ResultCache(OUT / "answers-cache.sqlite"))
     task = task_for(name, labels, model)
     print(f"{name}: {len(done)} saved, {len(todo)} to answer", flush=True)
     with path.open("a") as out:
@@ -81,13 +83,9 @@ def collect(suite_dir: Path, name: str, rows: int, model: str, chunk: int) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="ag_news,sms_spam")
-    parser.add_argument("--rows", type=int, default=800)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser = _common.parser(__doc__, suite=None, model=catalog.DEFAULT_MODEL, datasets="ag_news,sms_spam", rows=800)
     parser.add_argument("--chunk", type=int, default=32)
-    parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
-    args = parser.parse_args()
+    args = _common.parse(parser)
     for name in args.datasets.split(","):
         collect(args.suite, name, args.rows, args.model, args.chunk)
 

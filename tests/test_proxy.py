@@ -355,6 +355,25 @@ def test_a_query_id_comes_with_agreement_only(fake_con):
     assert len(seen) == 2 and seen[0] != seen[1] and all(seen)
 
 
+def test_explain_shows_the_split_the_proxy_took_in_the_tasks_latest_call(fake_con):
+    from duckllm.sql import explain
+    fake_con.execute("CREATE TABLE first AS SELECT unnest(?) AS text", [column(1500)])
+    fake_con.execute("CREATE TABLE later AS SELECT unnest(?) AS text", [column(1000, seed=1, offset=5000)])
+    query = f"SELECT llm_classify(text, {LABELS}, agreement := 0.9) FROM later"
+    [before] = explain.explain(fake_con, query)
+    assert (before.to_compute, before.by_proxy) == (1000, 0)        # no call with agreement yet
+    answered = fake_con.execute(f"SELECT llm_classify(text, {LABELS}, agreement := 0.9).answered_by AS by "
+                                "FROM first").fetchall()
+    share = sum(by == "proxy" for by, in answered) / len(answered)
+    assert share > 0.3
+    [after] = explain.explain(fake_con, query)
+    assert after.by_proxy == round(1000 * share)
+    assert after.prompt_tokens < before.prompt_tokens and after.seconds < before.seconds
+    assert "by proxy (est.)" in explain.render([after])
+    [plain] = explain.explain(fake_con, f"SELECT llm_classify(text, {LABELS}) FROM later")
+    assert plain.by_proxy is None and "by proxy" not in explain.render([plain])
+
+
 # ---- the real small model ----------------------------------------------------------------------
 
 @pytest.mark.integration

@@ -139,12 +139,15 @@ class Engine:
         shared, tokens = prompts.token_counts(runtime, rows)
         first = not plan.tokens_per_s
         rate = self.speeds.estimate(model.identity, task.name, runtime) if first else None
+        share = self.cascade.last_share(model.identity, task.key) if task.agreement and use_cache else None
         with self._plans_lock:
             plan.rows += len(given)
             plan.blank += len(given) - len(keys)
             plan.cached |= cached
             plan.prompt_tokens += tokens
             plan.prefix_tokens = shared
+            if task.agreement is not None:
+                plan.agreement, plan.proxy_share = True, share
             if rate:
                 plan.tokens_per_s, plan.speed_source = rate
         return [None] * len(texts)

@@ -23,14 +23,24 @@ class Plan:
     prefix_tokens: int = 0         # the shared prompt, evaluated once when anything is computed
     tokens_per_s: float = 0.0      # row-prompt tokens/s expected on this machine ...
     speed_source: str = ""         # ... and where that figure comes from
+    agreement: bool = False        # a proxy may answer rows (duckllm.proxy) ...
+    proxy_share: float | None = None   # ... the share it answered in the task's latest call (None: none yet)
 
     @property
     def to_compute(self) -> int:
         return len(self.distinct) - len(self.cached)
 
     @property
+    def by_proxy(self) -> int:
+        """Of the rows to compute, those the proxy is expected to answer: its latest share."""
+        return round(self.to_compute * (self.proxy_share or 0.0))
+
+    @property
     def tokens(self) -> int:
-        return self.prompt_tokens + self.prefix_tokens if self.to_compute else 0
+        """Tokens the model is expected to evaluate: those of the rows left to it, and the shared prompt."""
+        if not self.to_compute:
+            return 0
+        return round(self.prompt_tokens * (1 - self.by_proxy / self.to_compute)) + self.prefix_tokens
 
     @property
     def seconds(self) -> float:

@@ -78,6 +78,10 @@ class Cascade:
         self._queries: OrderedDict[tuple, _Query] = OrderedDict()
         self._lock = threading.Lock()
 
+    def last_share(self, model_id: str, task_key: str) -> float | None:
+        """The share of rows the proxy answered in the task's latest call (None: none yet)."""
+        return self._store().last_share(model_id, task_key)
+
     def _query(self, spec: Agreement, model_id: str, task_key: str, query, keep: bool) -> _Query:
         """The query's state: its examples read, and featurised, once, by its first call."""
         featurize = FEATURES[spec.features]
@@ -117,6 +121,12 @@ class Cascade:
         if not todo:
             return
 
+        def settle(proxied: int) -> None:
+            """The proxy answered `proxied` of the call's rows: counted, and kept for explain."""
+            counted and counted(proxied)
+            if store:
+                store.record_share(model_id, task.key, proxied, len(todo))
+
         def model(texts: list[str], note: str | None, answers: dict | None = None) -> None:
             """The model answers texts; each answer is delivered and kept as it finishes."""
             def done(text: str, result: dict) -> None:
@@ -139,7 +149,7 @@ class Cascade:
         if len(spec.classes) == 1:      # the model can answer nothing else: agreement is certain
             for text in todo:
                 deliver(text, {**spec.result_of(spec.classes[0], 1.0), "answered_by": "proxy"})
-            counted and counted(len(todo))
+            settle(len(todo))
             return
         featurize = FEATURES[spec.features]
         before = state.before
@@ -163,6 +173,7 @@ class Cascade:
                 note = (TOO_FEW.format(rows=f"{labeled + len(todo):,}", need=f"{round(goal):,}") if fitted is None
                         else NOT_REACHED.format(n=f"{len(fitted.held_out_scores):,}", target=spec.target,
                                                 confidence=spec.confidence))
+                settle(0)
                 model(drawn, note)
                 return
             model(drawn, None, answers)
@@ -174,10 +185,12 @@ class Cascade:
                 break
         rest = [t for t in todo if draws[t] >= rate]
         if fitted.threshold is None:
+            settle(0)
             model(rest, NOT_REACHED.format(n=f"{len(fitted.held_out_scores):,}", target=spec.target,
                                            confidence=spec.confidence))
             return
         if before.keys and _drifted(fitted, len(before.keys), spec):
+            settle(0)
             model(rest, DRIFTED.format(target=spec.target))
             return
 
@@ -190,7 +203,7 @@ class Cascade:
                 deliver(text, {**spec.result_of(label, float(p)), "answered_by": "proxy"})
             else:
                 below.append(text)
-        counted and counted(len(rest) - len(below))
+        settle(len(rest) - len(below))
         model(below, None)
 
 

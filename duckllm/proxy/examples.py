@@ -24,6 +24,15 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     label TEXT NOT NULL,
     created REAL NOT NULL)"""
 INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_task ON {TABLE} (model, task)"
+# what the proxy took in a task's latest call with agreement, for `duckllm explain`'s estimate
+SHARES = "proxy_shares"
+SHARES_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {SHARES} (
+    model TEXT NOT NULL,
+    task TEXT NOT NULL,
+    share REAL NOT NULL,           -- of the call's rows to compute, those the proxy answered
+    rows INTEGER NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, task))"""
 
 
 class ExampleStore:
@@ -41,6 +50,7 @@ class ExampleStore:
                 if self.cache.writable:
                     db.execute(SCHEMA)
                     db.execute(INDEX)
+                    db.execute(SHARES_SCHEMA)
             except sqlite3.Error as e:
                 self.cache.failed(f"cannot create the proxy's examples in {self.cache.path} ({e})")
             self._ready.db = db
@@ -83,6 +93,28 @@ class ExampleStore:
                                [(key, model, task, text, label, now) for key, text, label in rows])
         except sqlite3.Error as e:
             self.cache.failed(f"cannot write the proxy's examples to {self.cache.path} ({e})")
+
+    def record_share(self, model: str, task: str, proxied: int, rows: int) -> None:
+        """The proxy answered `proxied` of a call's `rows` to compute."""
+        db = self._db()
+        if db is None or not rows or not self.cache.writable:
+            return
+        try:
+            with db:
+                db.execute(f"INSERT OR REPLACE INTO {SHARES} VALUES (?, ?, ?, ?, ?)",
+                           (model, task, proxied / rows, rows, time.time()))
+        except sqlite3.Error as e:
+            self.cache.failed(f"cannot write the proxy's share to {self.cache.path} ({e})")
+
+    def last_share(self, model: str, task: str) -> float | None:
+        """The share of rows the proxy answered in the task's latest call; None before any."""
+        db = self._db()
+        try:
+            row = db.execute(f"SELECT share FROM {SHARES} WHERE model = ? AND task = ?", (model, task)).fetchone() \
+                if db else None
+        except sqlite3.Error:
+            return None
+        return None if row is None else row[0]
 
     def count(self) -> int:
         db = self._db()

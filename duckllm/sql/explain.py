@@ -39,6 +39,8 @@ class CallEstimate:
     prompt_tokens: int        # prompt tokens to evaluate: the inputs to compute and the shared prompt
     seconds: float            # estimated time on this machine
     speed_source: str
+    by_proxy: int | None = None   # with agreement: of those to compute, the rows a proxy is expected
+                                  # to answer (its share in the task's latest call); None without
 
     @property
     def to_compute(self) -> int:
@@ -155,6 +157,7 @@ def _summary(call: str, function: str, plans) -> CallEstimate:
         seconds=sum(p.seconds for p in plans),
         speed_source="; ".join(dict.fromkeys(f"{p.model}: {p.tokens_per_s:.0f} tok/s, {p.speed_source}"
                                              for p in plans if p.tokens_per_s)),
+        by_proxy=sum(p.by_proxy for p in plans) if any(p.agreement for p in plans) else None,
     )
 
 
@@ -169,12 +172,18 @@ def render(estimates: list[CallEstimate]) -> str:
     head = ("call", "rows", "distinct", "cached", "to compute", "prompt tokens", "est. time")
     rows = [(_short(e.call), f"{e.rows:,}", f"{e.distinct:,}", f"{e.cached:,}", f"{e.to_compute:,}",
              f"{e.prompt_tokens:,}", _duration(e.seconds)) for e in estimates]
+    if any(e.by_proxy is not None for e in estimates):     # agreement: the expected split
+        head = head[:5] + ("by proxy (est.)",) + head[5:]
+        rows = [r[:5] + ("-" if e.by_proxy is None else f"{e.by_proxy:,}",) + r[5:] for r, e in zip(rows, estimates)]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     out = [line(head), line(tuple("-" * w for w in widths)), *map(line, rows)]
     out.append(f"total: {sum(e.to_compute for e in estimates):,} inputs to compute, about "
                f"{_duration(total_seconds(estimates))}")
     out += [f"speed: {s}" for s in dict.fromkeys(e.speed_source for e in estimates if e.speed_source)]
+    if any(e.by_proxy is not None for e in estimates):
+        out.append("by proxy: the share a proxy answered in the task's latest call with agreement (0 before "
+                   "any); the model answers the rest, and each call's sample")
     return "\n".join(out)
 
 
