@@ -106,11 +106,12 @@ def test_every_sql_example_runs_as_written(fake_con, monkeypatch, where, block):
 
 
 @pytest.mark.integration
-def test_the_answers_shown_are_the_default_models(monkeypatch):
+def test_the_answers_shown_are_the_default_models(monkeypatch, home):
     import duckllm
-    from duckllm import ModelError, store
+    from duckllm import ModelError
+    from duckllm.store import ModelStore
     try:
-        store.resolve(fetch=False)
+        ModelStore(home).resolve(fetch=False)
     except ModelError:
         pytest.skip("the default model is not downloaded (the README's first command fetches it)")
     monkeypatch.chdir(ROOT)

@@ -44,7 +44,8 @@ def engine_of(con: duckdb.DuckDBPyConnection) -> Engine:
     """The engine that answers this connection's calls: its database's UDFs hold the engine of
     the first register(), whatever connection or cursor registers later."""
     try:
-        key = con.execute("SELECT __duckllm_engine()").fetchone()[0]
+        # fetchall, not fetchone: DuckDB 2 keeps a half-read result open and refuses con.sql after it
+        (key,), = con.execute("SELECT __duckllm_engine()").fetchall()
     except duckdb.Error:      # duckllm is not registered here
         return default_engine()
     return _engines.get(key) or default_engine()

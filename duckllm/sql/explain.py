@@ -131,7 +131,7 @@ def _probing_cursor(con: duckdb.DuckDBPyConnection, engine):
     cursor = register(con.cursor(), engine=engine)
     try:
         for (name,) in con.execute("SELECT name FROM duckdb_variables()").fetchall():
-            value = con.execute("SELECT getvariable(?)", [name]).fetchone()[0]
+            (value,), = con.execute("SELECT getvariable(?)", [name]).fetchall()   # see sql.engine_of
             try:
                 cursor.execute(f"SET VARIABLE {_identifier(name)} = ?", [value])
             except duckdb.Error:     # a value Python cannot hand back as it was: the probes go without it
