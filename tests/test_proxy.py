@@ -325,21 +325,39 @@ def test_sql_agreement_tells_how_each_row_was_answered(fake_con):
     assert fake_con.execute(f"SELECT llm_classify('refund me', {LABELS}).answered_by").fetchone()[0] is None
 
 
-def test_sql_same_answers_on_one_thread_or_many(tmp_path):
+@pytest.mark.parametrize("threads", [1, 4])
+def test_sql_same_answers_whatever_the_thread_schedule(tmp_path, threads):
+    """Several threads hand over chunks in an order that changes from run to run; one thread
+    hands them over in scan order, and each chunk also learns from those before it."""
     import duckdb
 
     import duckllm
     answers = []
-    for threads in (1, 4):
-        con = duckllm.register(duckdb.connect(), model="fake", engine=engine(tmp_path, name=f"{threads}.sqlite"))
+    for run in range(2):
+        con = duckllm.register(duckdb.connect(), model="fake", engine=engine(tmp_path, name=f"{run}.sqlite"))
         con.execute(f"SET threads = {threads}")
-        con.execute("CREATE TABLE t AS SELECT unnest(?) AS text", [column(5000)])
+        con.execute("CREATE TABLE t AS SELECT unnest(?) AS text", [column(8000)])
         answers.append(con.execute(f"SELECT text, llm_classify(text, {LABELS}, agreement := 0.9) FROM t "
                                    "ORDER BY text").fetchall())
     assert answers[0] == answers[1]
 
 
-def test_a_query_id_comes_with_agreement_only(fake_con):
+def test_on_one_thread_later_chunks_learn_from_earlier_ones(tmp_path):
+    import duckdb
+
+    import duckllm
+    shares = {}
+    for threads in (1, 4):
+        con = duckllm.register(duckdb.connect(), model="fake", engine=engine(tmp_path, name=f"{threads}.sqlite"))
+        con.execute(f"SET threads = {threads}")
+        con.execute("CREATE TABLE t AS SELECT unnest(?) AS text", [column(8000)])
+        shares[threads] = con.execute(f"SELECT avg((llm_classify(text, {LABELS}, agreement := 0.9).answered_by "
+                                      "= 'proxy')::INT) FROM t").fetchone()[0]
+    assert shares[1] > shares[4] + 0.05
+
+
+def test_each_query_on_several_threads_is_named_apart(fake_con):
+    fake_con.execute("SET threads = 2")
     seen = []
     real = cascade.Cascade.run
 
@@ -350,9 +368,11 @@ def test_a_query_id_comes_with_agreement_only(fake_con):
     try:
         fake_con.execute(f"SELECT llm_classify('refund me', {LABELS}, agreement := 0.9)").fetchall()
         fake_con.execute(f"SELECT llm_classify('refund you', {LABELS}, agreement := 0.9)").fetchall()
+        fake_con.execute("SET threads = 1")     # chunks in scan order: no name needed
+        fake_con.execute(f"SELECT llm_classify('refund them', {LABELS}, agreement := 0.9)").fetchall()
     finally:
         cascade.Cascade.run = real
-    assert len(seen) == 2 and seen[0] != seen[1] and all(seen)
+    assert len(seen) == 3 and seen[0] != seen[1] and all(seen[:2]) and seen[2] is None
 
 
 def test_explain_shows_the_split_the_proxy_took_in_the_tasks_latest_call(fake_con):

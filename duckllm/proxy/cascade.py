@@ -10,8 +10,11 @@ the call's own rows (its cached answers and the model's answers to its sample). 
 over the same data and cache gets the same answers whatever the thread schedule, as long as
 DuckDB hands over the same chunks: true of a scan of a table or file, not promised for the output
 of a parallel join or aggregate. What it costs: within its first query a task learns from each
-chunk's own sample only, not from the chunks before it (docs/proxy.md measures it against
-'free' learning from every answer stored so far, which the benchmark alone uses).
+chunk's own sample only, not from the chunks before it. On one DuckDB thread (SET threads = 1)
+the chunks come in scan order, so the macros name no query and each call learns from every
+answer stored so far, the chunks before it included ('free' learning): deterministic too, and
+the model, which answers one batch at a time behind the engine's lock, loses nothing by it
+(docs/proxy.md measures both).
 
 Honest samples. A row is in the call's sample when the keyed hash of its text falls under the
 call's rate (sampling.draw): never its position, so a sorted table is sampled as a shuffled one.

@@ -18,9 +18,11 @@ from duckllm.tasks.functions import DECLARATIONS
 # task is built
 VARIABLES = {"cache": "getvariable('duckllm_cache')", "plan": "getvariable('duckllm_plan')"}
 # names the SQL query a call is part of (duckllm_session is set by register; each autocommitted
-# query runs in a transaction of its own), so all of a query's chunks learn from the same stored
-# examples (duckllm/proxy/cascade.py)
-QUERY = {"query": "getvariable('duckllm_session') || ':' || txid_current()"}
+# query runs in a transaction of its own), so that chunks DuckDB hands over from several threads,
+# in no fixed order, all learn from the same stored examples (duckllm/proxy/cascade.py). On one
+# thread the chunks come in scan order: no name, and each learns from the chunks before it.
+QUERY = {"query": "CASE WHEN current_setting('threads') > 1 "
+                  "THEN getvariable('duckllm_session') || ':' || txid_current() END"}
 # what a parameter's JSON entry holds when it is more than the argument itself
 PACKED = {"model": "coalesce(model, getvariable('duckllm_model'))"}   # the connection's default model
 BLANK = r"'[\s\p{Z}]*'"   # only whitespace, Unicode's included
