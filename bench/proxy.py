@@ -12,10 +12,12 @@ answers' own measurement instead of spent again. --answers gold replays the gold
 a stand-in for a model's answers on the whole column (the proxy's cost and learning curve at a
 scale no CPU model run here reaches).
 
-Tables: (1) share, agreement with the model, accuracy and speed per target, for deterministic
-('query') and 'free' learning; (2) agreement over seeds; (3) the learning curve: the share the
-proxy takes with n stored answers; (4) features: n-grams, sentence embeddings, both; (5) what a
-100,000-row column would take.
+Tables: (1) share, agreement with the model, accuracy and speed per target, for a query's
+chunks on several DuckDB threads ('query': each learns from the examples stored when the query
+began) and on one ('free': each also learns from the chunks before it); (2) agreement over seeds;
+(3) the learning curve: the share the proxy takes with n stored answers; (4) features: n-grams,
+sentence embeddings, both; (6) a warm-up query over a sample first; (5) what a 100,000-row
+column would take.
 """
 from __future__ import annotations
 
@@ -226,8 +228,8 @@ def cascade_table(columns, model, targets, features) -> None:
                 rows.append([column.name, target, f"{learning} {kind}", s["rows"], s["proxy"], s["share"], s["agreement"],
                              s["accuracy_model"], s["accuracy"], s["proxy_rows_per_s"], s["speedup"]])
     table("(1) the proxy on the model's answers, replayed in 2,048-row chunks: 'query' learns from the "
-          "examples stored when the query began and the chunk's own sample (deterministic); 'free' from "
-          "every answer stored so far (order-dependent)",
+          "examples stored when the query began and the chunk's own sample (several DuckDB threads); 'free' "
+          "from every answer stored so far, the chunks before it included (one thread: SET threads = 1)",
           ["dataset", "target", "learning features", "rows", "proxy rows", "share", "agreement", "acc model",
            "acc cascade", "proxy rows/s (cpu)", "x model alone"], rows)
 

@@ -418,6 +418,16 @@ def test_sql_agreement_on_the_real_model(small_con, tmp_path):
 
 
 @pytest.mark.integration
+def test_sql_match_with_agreement_on_the_real_model(small_con):
+    pairs = "(VALUES ('Samsung 970 EVO 1TB', 'Samsung EVO 970 1 TB'), ('Apple iPhone 13', 'Garden hose 20m')) t(a, b)"
+    plain = small_con.execute(f"SELECT llm_match(a, b) FROM {pairs}").fetchall()
+    small_con.execute("SET VARIABLE duckllm_cache = false")
+    agreed = small_con.execute(f"SELECT llm_match(a, b, agreement := 0.9) FROM {pairs}").fetchall()
+    assert [r["match"] for r, in agreed] == [r["match"] for r, in plain]
+    assert all(r["answered_by"] == "model" and "too few for a proxy" in r["note"] for r, in agreed)
+
+
+@pytest.mark.integration
 def test_a_rows_embedding_is_its_own_whatever_its_neighbours():
     texts = column(40)
     alone = [features.embedding_features([t]).toarray()[0] for t in texts]

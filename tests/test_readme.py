@@ -18,6 +18,7 @@ TABLES = {
     "reviewed": "SELECT * FROM (VALUES ('refund me', 'refund'), ('where is it', 'delivery')) t(text, label)",
     "reviewed_sms": "SELECT 'message ' || i AS msg, CASE WHEN i % 3 = 0 THEN 'spam' ELSE 'ham' END AS label "
                     "FROM range(60) t(i)",      # enough labeled rows to calibrate on
+    "news": "SELECT * FROM (VALUES ('The match ended 2-1'), ('Stocks fell on Monday')) t(text)",
     "contacts": "SELECT '555 123 4567' AS phone",
     "customers": "SELECT '10 Downing Street, London' AS address",
     "products": "SELECT 'Samsung 970 EVO Plus 1TB NVMe SSD' AS title",
