@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 from duckllm.confidence import fitting
 from duckllm.sql.macros import PACKED, VARIABLES
-from duckllm.tasks.functions import DECLARATIONS
 from duckllm.tasks.declare import AGREEMENT
+from duckllm.tasks.functions import DECLARATIONS
 
 CALIBRATE_TYPE = ("STRUCT(function VARCHAR, method VARCHAR, chosen BOOLEAN, rows BIGINT, accuracy DOUBLE, "
                   "ece_before DOUBLE, ece_after DOUBLE, auroc_before DOUBLE, auroc_after DOUBLE, "
