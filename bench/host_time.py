@@ -150,8 +150,9 @@ def main():
     model = args.model or tiny_model(args.donor, folder)
     from duckllm.runtime.device import physical_cores
     threads = args.threads or physical_cores()
-    trees = {f"before ({args.before})": (export(args.before, folder / "before"), None), "after": (REPO, None),
-             f"after, normalisers on {threads} threads": (REPO, threads)}
+    trees = {f"before ({args.before})": (export(args.before, folder / "before"), None), "after": (REPO, None)}
+    if threads > 1:
+        trees[f"after, normalisers on {threads} threads"] = (REPO, threads)
     print(f"model {model.name}, {args.dataset}, {args.rows} rows, {args.parallel} in flight, "
           f"best of {args.repeats} alternating runs\n")
     runs = {name: [] for name in trees}

@@ -7,6 +7,7 @@ fit the context (fit); its program's steps are decided by the decoders (decoders
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ class Scheduler:
         free_seqs = new_epoch()
         in_flight: dict[int, _Row] = {}
         used = 0                    # KV cells held by this epoch's rows: reserved or, once finished, used
-        head = None                 # the next row's fitted prompt, kept while it waits for cells
+        ahead: deque = deque()      # the next rows' fitted prompts, tokenized together while the
+                                    # tokenizer's tables are in the cache (a decode's logits evict them)
         self._feeds = []
 
         def fitted(i):
@@ -103,15 +105,16 @@ class Scheduler:
                 cancel.check()
                 admitted = []
                 while pending and len(in_flight) < self.sizes.n_parallel:
-                    if head is None or head[0] != pending[0]:
-                        head = fitted(pending[0])
-                    i, tokens, n_text, limit, truncated = head
+                    if not ahead:
+                        ahead.extend(fitted(i) for i in itertools.islice(pending, self.sizes.n_parallel))
+                    i, tokens, n_text, limit, truncated = ahead[0]
                     if not free_seqs or used + len(tokens) + limit > room:
                         if in_flight:
                             break   # the epoch is full: wait for its rows in flight to finish
                         self.free_rows(free_seqs)
                         free_seqs, used = new_epoch(), 0
                     pending.popleft()
+                    ahead.popleft()
                     row = _Row(index=i, seq=free_seqs.pop(), pos=len(shared), truncated=truncated,
                                end=len(shared) + len(tokens) + limit, program=program(i, n_text))
                     self.context.seq_cp(PREFIX_SEQ, row.seq)
