@@ -115,8 +115,10 @@ def measure(args) -> dict:
     if args.threads:
         runtime.scheduler.normalisers.threads = args.threads
     prompt = runtime.format.split(list(task.messages))
-    run = lambda rows: runtime.run(prompt, [task.render(t) for t in rows], lambda i, n: task.program(rows[i], n),
-                                   task.answer_tokens)
+
+    def run(rows):
+        return runtime.run(prompt, [task.render(t) for t in rows], lambda i, n: task.program(rows[i], n),
+                           task.answer_tokens)
     run(["warm up"])         # the shared prompt, the trie: once per runtime, not per row
     decode.update(wall=0.0, cpu=0.0)
     helpers[0] = 0.0
@@ -166,7 +168,9 @@ def main():
             if out.returncode:
                 raise SystemExit(f"{name}: {out.stderr.strip()}")
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    per_row = lambda name, key: min(r[key] for r in runs[name]) / args.rows * 1e3
+
+    def per_row(name, key):
+        return min(r[key] for r in runs[name]) / args.rows * 1e3
     first = next(iter(runs))
     print("| runtime | normaliser threads | host ms/row | ratio | host CPU ms/row | ratio | llama_decode ms/row |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -5,9 +5,10 @@ allowed tokens, but each log-probability it reports needs an exp over every logi
 Llama-3). So the normalisers of a decode's outputs are computed together, only for the outputs a
 decoder is given, in buffers kept between decodes, over the threads llama.cpp leaves idle meanwhile,
 and in two passes over the logits instead of four: log(sum(exp(x))) needs no max subtracted where
-no logit overflows exp (below 88.7, as a model's are), else the usual shifted form is used. Each row
-is computed on its own, so its value is the same to the last bit whichever rows are beside it and
-whichever thread computes it.
+no logit overflows exp (below 88.7, as a model's are), else the usual shifted form is used, and the
+sum is vector adds into running sums rather than numpy's pairwise tree. Each row is computed on its
+own, so its value is the same to the last bit whichever rows are beside it and whichever thread
+computes it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 TINY = 1e-30      # sum(exp(x)) below this: the largest terms may be subnormal floats; take the shifted form
+LANES = 2048      # a row is summed in this many running sums (vector adds, ~60 terms each), then those pairwise
 
 
 def logsumexp(x: np.ndarray) -> float:
@@ -29,11 +31,18 @@ def logsumexp(x: np.ndarray) -> float:
     return m + math.log(float(np.sum(np.exp(x - m))))
 
 
+def buffer_for(rows: int, width: int) -> np.ndarray:
+    """Room for normalisers() of up to rows rows of width logits: zero past the width."""
+    return np.zeros((rows, -(-width // LANES) * LANES), np.float32)
+
+
 def normalisers(logits: np.ndarray, buffer: np.ndarray) -> list[float]:
-    """logsumexp() of each row of (rows x vocabulary) logits, through buffer (as many rows or more)."""
-    exps = buffer[:len(logits)]
-    with np.errstate(over="ignore"):
-        sums = np.exp(logits, out=exps).sum(axis=1)       # float32, each row's own pairwise sum
+    """logsumexp() of each row of (rows x vocabulary) logits, through a buffer from buffer_for()."""
+    n, width = logits.shape
+    exps = buffer[:n]
+    with np.errstate(over="ignore"):      # an overflow takes the shifted form below
+        np.exp(logits, out=exps[:, :width])
+        sums = exps.reshape(n, -1, LANES).sum(axis=1).sum(axis=1)     # float32, each row on its own
     return [math.log(s) if TINY < s < math.inf else logsumexp(row) for s, row in zip(sums.tolist(), logits)]
 
 
@@ -49,7 +58,7 @@ class Output:
     @property
     def normaliser(self) -> float:
         if self._normaliser is None:
-            self._normaliser = normalisers(self.logits[None], np.empty((1, len(self.logits)), np.float32))[0]
+            self._normaliser = normalisers(self.logits[None], buffer_for(1, len(self.logits)))[0]
         return self._normaliser
 
     def logprob(self, token: int) -> float:
@@ -89,11 +98,11 @@ class Normalisers:
             futures.wait(others)      # even when interrupted: none may read the logits after the next decode
 
     def _rows(self, logits: np.ndarray) -> list[float]:
-        buffer = getattr(self._local, "buffer", None)
-        if buffer is None or buffer.shape[1] != logits.shape[1]:
-            buffer = self._local.buffer = np.empty((self.BLOCK, logits.shape[1]), np.float32)
+        width = logits.shape[1]
+        if getattr(self._local, "width", None) != width:
+            self._local.buffer, self._local.width = buffer_for(self.BLOCK, width), width
         return [value for start in range(0, len(logits), self.BLOCK)
-                for value in normalisers(logits[start:start + self.BLOCK], buffer)]
+                for value in normalisers(logits[start:start + self.BLOCK], self._local.buffer)]
 
     def close(self) -> None:
         if self._pool is not None:
