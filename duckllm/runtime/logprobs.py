@@ -3,7 +3,7 @@
 Most of duckllm's own work between decodes is here: a decision reads only the logits of its
 allowed tokens, but each log-probability it reports needs an exp over every logit (128,256 for
 Llama-3). So the normalisers of a decode's outputs are computed together, only for the outputs a
-decoder is given, in buffers kept between decodes, over the threads llama.cpp leaves idle meanwhile,
+decoder is given, in buffers kept between decodes (on a GPU over the host's cores, idle meanwhile),
 and in two passes over the logits instead of four: log(sum(exp(x))) needs no max subtracted where
 no logit overflows exp (below 88.7, as a model's are), else the usual shifted form is used, and the
 sum is vector adds into running sums rather than numpy's pairwise tree. Each row is computed on its
@@ -37,7 +37,8 @@ def buffer_for(rows: int, width: int) -> np.ndarray:
 
 
 def normalisers(logits: np.ndarray, buffer: np.ndarray) -> list[float]:
-    """logsumexp() of each row of (rows x vocabulary) logits, through a buffer from buffer_for()."""
+    """The log-sum-exp of each row of (rows x vocabulary) logits, through a buffer from buffer_for():
+    logsumexp()'s value to float32's rounding, each row's the same whatever rows come with it."""
     n, width = logits.shape
     exps = buffer[:n]
     with np.errstate(over="ignore"):      # an overflow takes the shifted form below
