@@ -3,7 +3,7 @@
 For each setting, the same fresh texts are labeled one row at a time (one row in flight) and all
 together (DUCKLLM_PARALLEL rows in flight), and the two are compared: label flips and the largest
 confidence difference (issue 3 asks for the same label and 1e-3), with rows/s for the batched run.
-"batch-invariant" is duckllm's default on the CPU (runtime/llama.py, CPU_MIN_BATCH); "llama.cpp's own
+"batch-invariant" is duckllm's default on the CPU (runtime/device.py, CPU_MIN_BATCH); "llama.cpp's own
 batches" is DUCKLLM_BATCH_INVARIANT=0.
 
     python bench/batch_invariance.py --rows 48 [--model qwen2.5-coder-1.5b] [--dataset banking77]

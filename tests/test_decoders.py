@@ -8,14 +8,13 @@ from duckllm.errors import ArgumentError
 from duckllm.runtime import Pick, Write
 from duckllm.runtime.decoders import (
     Constraints,
-    Output,
     Picking,
     TakeBack,
     Writing,
     guesses,
-    logsumexp,
     trie,
 )
+from duckllm.runtime.logprobs import Normalisers, Output, logsumexp
 
 END = 0
 PIECES = ["", "card", "_lost", "_arrival", "refund", "\n", "1", "2", "3", "abc", " ", "5\n",
@@ -276,4 +275,27 @@ def test_log_probabilities_are_over_the_whole_vocabulary():
     x = logits.astype(np.float64)
     assert logsumexp(logits) == pytest.approx(float(np.log(np.exp(x).sum())), abs=1e-5)
     assert o.logprob(7) == pytest.approx(float(x[7] - np.log(np.exp(x).sum())), abs=1e-5)
+    assert o.logprobs(np.array([7, 3])).tolist() == [o.logprob(7), o.logprob(3)]     # to the last bit
     assert Output(logits, normaliser=2.0).logprob(7) == float(logits[7]) - 2.0
+
+
+def decode_logits(width: int) -> np.ndarray:
+    """Rows for several blocks, some past exp's range in float32 (the shifted form's)."""
+    rng = np.random.default_rng(width)
+    logits = (rng.standard_normal((37, width)) * 6).astype(np.float32)
+    logits[3] += 95        # exp overflows
+    logits[10] -= 120      # exp underflows
+    return logits
+
+
+@pytest.mark.parametrize("width", [7, 1000, 128_256])     # 128,256: Llama-3's vocabulary
+def test_the_normalisers_of_a_decode_computed_together_equal_each_rows_own_to_the_last_bit(width):
+    logits = decode_logits(width)
+    alone = [Output(row).normaliser for row in logits]
+    exact = [float(np.log(np.exp(row.astype(np.float64) - row.max()).sum()) + row.max()) for row in logits]
+    assert alone == pytest.approx(exact, abs=1e-5)
+    for threads in (1, 3):
+        together = Normalisers(threads)
+        assert together(logits) == alone
+        assert together(logits[1:12]) == alone[1:12]                    # whatever the rows beside it
+        together.close()

@@ -8,7 +8,6 @@ TakeBack(n) when the row's last n fed tokens must be unfed (a guess that decodin
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from duckllm.errors import ArgumentError
 from duckllm.runtime import Choice, Generation, Pick, Write
+from duckllm.runtime.logprobs import Output, logsumexp
 
 SPAN_CANDIDATES = 64      # a span's next token is the likeliest of this many that stays in the source
 KIND_CHARS = {            # what integer and number values may be written with ('null', 'n/a' too)
@@ -37,21 +37,6 @@ class Vocabulary(Protocol):
     def is_end(self, token: int) -> bool: ...                 # ends the answer
 
 
-class Output:
-    """The logits after one fed token (a view of the decoder's buffer, valid during the callback)."""
-    __slots__ = ("logits", "_normaliser")
-
-    def __init__(self, logits: np.ndarray, normaliser: float | None = None):
-        self.logits = logits
-        self._normaliser = normaliser
-
-    def logprob(self, token: int) -> float:
-        """log P(token) over the whole vocabulary."""
-        if self._normaliser is None:
-            self._normaliser = logsumexp(self.logits)
-        return float(self.logits[token]) - self._normaliser
-
-
 @dataclass(frozen=True)
 class TakeBack:
     """Unfeed the row's last n tokens, then go on from the logits the callback was given."""
@@ -60,11 +45,6 @@ class TakeBack:
 
 Callback = Callable[[Output], "TakeBack | None"]
 Advance = Callable[[Output | None], None]       # the scheduler's: go on with the row's program
-
-
-def logsumexp(x: np.ndarray) -> float:
-    m = float(np.max(x))
-    return m + math.log(float(np.sum(np.exp(x - m))))
 
 
 class Node:
@@ -175,7 +155,8 @@ class Picking:
     def take(self, out: Output, advance: Advance) -> list:
         node = self.node
         scores = out.logits[node.tokens]
-        self.branches.append({t: out.logprob(t) for t in node.tokens.tolist()})
+        logprobs = out.logprobs(node.tokens)
+        self.branches.append(dict(zip(node.tokens.tolist(), logprobs.tolist())))
         if self.step.prior:                   # each branch less the prior mass of the options below it
             scores = scores - prior_mass(self.step.prior, node)
         k = int(np.argmax(scores))
@@ -183,7 +164,7 @@ class Picking:
         self.choice_logprob += float(scores[k]) - logsumexp(scores)
         self.node = node = node.nodes[k]
         if self.depth < self.content[node.options[0]]:
-            self.logprobs.append(out.logprob(pick))
+            self.logprobs.append(float(logprobs[k]))
         self.depth += 1
         if node.index is None:                # options still diverge below: decode the next token
             return [(pick, advance)]

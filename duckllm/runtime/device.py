@@ -49,6 +49,7 @@ class Sizes:
     min_batch: int          # ... and at least (padded with throwaway tokens): CPU_MIN_BATCH or 1
     n_parallel: int         # rows in flight
     n_threads: int
+    host_threads: int       # threads for duckllm's own work between decodes (logprobs.Normalisers)
     row_seqs: int           # KV sequences for rows: 1..row_seqs (0 holds the shared prefix)
     kv_cache: str           # "f16", or "bf16" for batch invariance on the CPU
     flash_attn: bool
@@ -73,9 +74,14 @@ def sizes(on_gpu: bool, n_ctx_train: int, *, n_ctx: int | None = None, n_batch: 
     invariant = batch_invariant and not on_gpu
     if invariant:
         n_batch = max(n_batch, CPU_MIN_BATCH)
+    n_threads = n_threads or physical_cores()
     return Sizes(n_ctx=min(n_ctx or defaults["n_ctx"], n_ctx_train), n_batch=n_batch,
                  min_batch=CPU_MIN_BATCH if invariant else 1, n_parallel=n_parallel,
-                 n_threads=n_threads or physical_cores(),
+                 n_threads=n_threads,
+                 # a GPU leaves the host's cores idle between decodes; on the CPU llama.cpp's threads
+                 # hold them (its OpenMP workers spin on after a decode): a second thread measured
+                 # slower there (bench/host_time.py)
+                 host_threads=n_threads if on_gpu else 1,
                  # rows of an epoch (scheduler) each take a sequence; one more holds throwaway tokens
                  row_seqs=min(MAX_SEQS - 2, 2 * n_parallel),
                  kv_cache="bf16" if invariant else "f16", flash_attn=invariant)

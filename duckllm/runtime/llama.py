@@ -2,7 +2,8 @@
 
 LlamaRuntime composes the layers: device policy (device.py) sizes a context; the resources
 (llama_resources.py) load the model and own the context and batch; the scheduler (scheduler.py)
-runs the rows' answer programs on them, their decisions made by the decoders (decoders.py).
+runs the rows' answer programs on them, their decisions made by the decoders (decoders.py) and
+their log-probabilities normalised over the vocabulary, all rows of a decode together (logprobs.py).
 
 llama.cpp releases the GIL and a context is not thread-safe, so every public method holds the
 runtime's lock: concurrent callers (DuckDB runs UDFs on several threads) queue.
@@ -97,6 +98,7 @@ class LlamaRuntime:
         if lock is None or getattr(self, "context", None) is None:
             return
         with lock:
+            self.scheduler.close()
             self.context.close()
             self.model.close()
             self.context = None

@@ -41,6 +41,13 @@ def system_info() -> str:
     return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
 
 
+class _Buffer:
+    """float32 memory of llama.cpp's, seen by numpy without a copy (and without a ctypes type made per size)."""
+
+    def __init__(self, address: int, shape: tuple[int, ...]):
+        self.__array_interface__ = {"data": (address, False), "shape": shape, "typestr": "<f4", "version": 3}
+
+
 class Model:
     """A loaded model file (weights mmapped, offloaded layers on the GPU)."""
 
@@ -185,8 +192,7 @@ class Context:
         """The last decode's logits, one row per token whose logits were wanted, in batch order:
         llama.cpp's own buffer, valid only until the next decode."""
         address = ctypes.cast(llama_cpp.llama_get_logits(self.ptr), ctypes.c_void_p).value
-        return np.ctypeslib.as_array((ctypes.c_float * (n_outputs * self.n_vocab)).from_address(address)) \
-            .reshape(n_outputs, self.n_vocab)
+        return np.asarray(_Buffer(address, (n_outputs, self.n_vocab)))
 
     def seq_rm(self, seq: int, start: int = -1, end: int = -1) -> None:
         """Free a sequence's cells from position start to end (-1: all, to the last)."""

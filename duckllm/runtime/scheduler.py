@@ -7,17 +7,21 @@ fit the context (fit); its program's steps are decided by the decoders (decoders
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from duckllm.engine import cancel
 from duckllm.errors import ArgumentError, ModelError
 from duckllm.runtime import Answer, Pick, Program, Prompt, Say, Text, Usage, decoders
-from duckllm.runtime.decoders import Constraints, Output, Picking, TakeBack, Writing
+from duckllm.runtime.decoders import Constraints, Picking, TakeBack, Writing
 from duckllm.runtime.device import Sizes
 from duckllm.runtime.llama_resources import Batch, Context, Vocab
+from duckllm.runtime.logprobs import Normalisers, Output
 
 PREFIX_SEQ = 0
 
@@ -42,10 +46,10 @@ class _Row:
 
 @dataclass
 class _Feed:
-    """Tokens to feed a row next: callbacks[j] takes the logits after tokens[j] (None: not wanted)."""
+    """Tokens to feed a row next; calls: (j, callback) for each j whose logits are wanted, in order."""
     row: _Row
     tokens: list[int]
-    callbacks: list
+    calls: list
 
 
 class Scheduler:
@@ -59,6 +63,7 @@ class Scheduler:
         self.prefix_states = None         # runtime.prefix_store.ContextStates: prefixes kept on disk
         self._alone = False               # one row in flight and none waiting (guesses)
         self._feeds: list[_Feed] = []     # what the next decode feeds
+        self.normalisers = Normalisers(sizes.host_threads)
 
     # ---- a call's rows ---------------------------------------------------------------------
 
@@ -87,7 +92,8 @@ class Scheduler:
         free_seqs = new_epoch()
         in_flight: dict[int, _Row] = {}
         used = 0                    # KV cells held by this epoch's rows: reserved or, once finished, used
-        head = None                 # the next row's fitted prompt, kept while it waits for cells
+        ahead: deque = deque()      # the next rows' fitted prompts, tokenized together while the
+                                    # tokenizer's tables are in the cache (a decode's logits evict them)
         self._feeds = []
 
         def fitted(i):
@@ -99,15 +105,16 @@ class Scheduler:
                 cancel.check()
                 admitted = []
                 while pending and len(in_flight) < self.sizes.n_parallel:
-                    if head is None or head[0] != pending[0]:
-                        head = fitted(pending[0])
-                    i, tokens, n_text, limit, truncated = head
+                    if not ahead:
+                        ahead.extend(fitted(i) for i in itertools.islice(pending, self.sizes.n_parallel))
+                    i, tokens, n_text, limit, truncated = ahead[0]
                     if not free_seqs or used + len(tokens) + limit > room:
                         if in_flight:
                             break   # the epoch is full: wait for its rows in flight to finish
-                        self.free_rows()
+                        self.free_rows(free_seqs)
                         free_seqs, used = new_epoch(), 0
                     pending.popleft()
+                    ahead.popleft()
                     row = _Row(index=i, seq=free_seqs.pop(), pos=len(shared), truncated=truncated,
                                end=len(shared) + len(tokens) + limit, program=program(i, n_text))
                     self.context.seq_cp(PREFIX_SEQ, row.seq)
@@ -129,12 +136,16 @@ class Scheduler:
                         used -= row.end - row.pos     # the cells it reserved but did not use
         finally:
             self._feeds = []
-            self.free_rows()      # done or interrupted: leave no cells behind
+            self.free_rows(free_seqs)      # done or interrupted: leave no cells behind
         return results
 
-    def free_rows(self) -> None:
-        """Free every row's cells, and its share of the prefix's (a later prefix may differ)."""
-        for seq in range(1, self.sizes.row_seqs + 1):
+    def close(self) -> None:
+        self.normalisers.close()
+
+    def free_rows(self, unused: list[int]) -> None:
+        """Free every row's cells, and its share of the prefix's (a later prefix may differ).
+        unused: the row sequences this epoch has not taken (each seq_rm scans the cells)."""
+        for seq in set(range(1, self.sizes.row_seqs + 1)).difference(unused):
             self.context.seq_rm(seq)
 
     def _advance(self, row: _Row, out: Output | None, said=()) -> None:
@@ -147,7 +158,7 @@ class Scheduler:
             if step is not None and step.result is None:
                 fed = step.take(out, lambda o: self._advance(row, o))
                 if fed:
-                    self._feeds.append(_Feed(row, [t for t, _ in fed], [c for _, c in fed]))
+                    self._feeds.append(_Feed(row, [t for t, _ in fed], [(j, c) for j, (_, c) in enumerate(fed) if c]))
                     return
             if step is not None:
                 row.reply, row.step = step.result, None
@@ -166,9 +177,7 @@ class Scheduler:
             row.step = (Picking(nxt, self.constraints) if isinstance(nxt, Pick) else
                         Writing(nxt, row.end - row.pos - len(said), self.constraints, self._guesser(row)))
             if said:      # the decision needs the logits after what was said
-                callbacks = [None] * len(said)
-                callbacks[-1] = lambda o: self._advance(row, o)
-                self._feeds.append(_Feed(row, said, callbacks))
+                self._feeds.append(_Feed(row, said, [(len(said) - 1, lambda o: self._advance(row, o))]))
                 return
             if out is None:
                 raise ModelError("an answer program decided before anything was fed (a bug in duckllm)")
@@ -249,7 +258,7 @@ class Scheduler:
             if start:
                 self.context.seq_cp(PREFIX_SEQ, scratch)
             began = time.perf_counter()
-            self._decode(tokens, list(range(start, start + n)), [scratch] * n, [None] * (n - 1) + [False])
+            self._decode(tokens, list(range(start, start + n)), [scratch] * n, [(n - 1, None, None)])
             return time.perf_counter() - began
         finally:
             self.context.seq_rm(scratch)
@@ -257,7 +266,7 @@ class Scheduler:
     # ---- llama_decode ----------------------------------------------------------------------
 
     def _decode_feeds(self, feeds: list[_Feed]) -> None:
-        tokens, pos, seqs, calls = [], [], [], []
+        tokens, pos, seqs, outputs = [], [], [], []
         for feed in feeds:
             row, n = feed.row, len(feed.tokens)
             if row.pos + n > row.end:
@@ -267,50 +276,58 @@ class Scheduler:
             row.prompt_left -= n_prompt
             self.usage.prompt_tokens += n_prompt
             self.usage.generated_tokens += n - n_prompt
+            outputs += [(len(tokens) + j, row, c) for j, c in feed.calls]
             tokens += feed.tokens
             pos += range(row.pos, row.pos + n)
             seqs += [row.seq] * n
-            calls += [c and (row, c) for c in feed.callbacks]
             row.pos += n
-        self._decode(tokens, pos, seqs, calls)
+        self._decode(tokens, pos, seqs, outputs)
 
-    def _decode(self, tokens: list[int], pos: list[int], seqs: list[int], calls: list | None = None) -> None:
+    def _decode(self, tokens: list[int], pos: list[int], seqs: list[int], outputs: list = ()) -> None:
         """Decode tokens in even chunks of at most n_batch, a chunk under min_batch padded with
-        throwaway tokens. calls[j], when given, asks for the logits after token j: (row, callback)
-        gets them, in order; False wants them for nobody (a measurement's). The logits are
-        llama.cpp's own buffer, valid only during the chunk, so no vocabulary-sized copy is kept."""
+        throwaway tokens. outputs: (j, row, callback), in order of j, for each token j whose logits
+        are wanted; each callback gets them (callback None: a measurement's, wanted for nobody).
+        The logits are llama.cpp's own buffer, valid only during the chunk, so no vocabulary-sized
+        copy is kept."""
         if not tokens:
             return
-        calls = calls or [None] * len(tokens)
         n_chunks = -(-len(tokens) // self.sizes.n_batch)
         size = -(-len(tokens) // n_chunks)
         scratch = self.sizes.scratch_seq
+        token, position, seq = (np.asarray(a, np.int32) for a in (tokens, pos, seqs))
+        wants = np.zeros(len(tokens), np.int8)
+        wants[[j for j, _, _ in outputs]] = 1
+        given = 0               # outputs given to their callbacks so far
         for start in range(0, len(tokens), size):
             if start:       # a long prompt takes several batches: Ctrl-C need not wait for all
                 cancel.check()
             end = min(start + size, len(tokens))
+            chunk = [token[start:end], position[start:end], seq[start:end], wants[start:end]]
             padding = max(0, self.sizes.min_batch - (end - start))
-            chunk_calls = calls[start:end]
-            self.batch.fill(tokens[start:end] + [tokens[start]] * padding, pos[start:end] + list(range(padding)),
-                            seqs[start:end] + [scratch] * padding,
-                            [c is not None for c in chunk_calls] + [False] * padding)
+            if padding:     # throwaway copies of the chunk's first token in the scratch sequence
+                pad = np.full(padding, token[start]), np.arange(padding), np.full(padding, scratch), np.zeros(padding)
+                chunk = [np.concatenate([a, p.astype(a.dtype)]) for a, p in zip(chunk, pad)]
+            self.batch.fill(*chunk)
             rc = self.context.decode(self.batch)
             if padding:
                 self.context.seq_rm(scratch)
             if rc != 0:
                 raise ModelError(f"llama_decode failed with code {rc} (the KV cache is full or the "
                                  f"input is invalid); set DUCKLLM_CONTEXT higher or DUCKLLM_PARALLEL lower")
-            outputs = [c for c in chunk_calls if c is not None]      # one per row of the logits
-            if not any(outputs):
-                continue
-            for logits, call in zip(self.context.logits(len(outputs)), outputs):
-                if not call:
-                    continue
-                row, callback = call
-                out = Output(logits)
-                if isinstance(took := callback(out), TakeBack):
-                    self._take_back(row, took.n)
-                    self._advance(row, out)
+            n = int(np.count_nonzero(chunk[3]))
+            if n and outputs[given][2]:
+                self._observe(self.context.logits(n), outputs[given:given + n])
+            given += n
+
+    def _observe(self, logits: np.ndarray, outputs: list) -> None:
+        """Give each output's callback its logits and their normaliser over the vocabulary, the
+        normalisers of all of a decode's outputs computed together."""
+        for row_logits, normaliser, (_, row, callback) in zip(logits, self.normalisers(logits), outputs):
+            out = Output(row_logits, normaliser)
+            if isinstance(took := callback(out), TakeBack):
+                self._take_back(row, took.n)
+                self._advance(row, out)
+
 
 def shares(lengths: list[int], n: int) -> list[int]:
     """How many of each part's tokens to keep, n in all: every part up to one cap, the longest cut
