@@ -184,6 +184,18 @@ def test_the_same_query_gives_the_same_answers_whatever_the_chunk_order_and_thre
     assert {by for part in in_order.values() for _, by, _ in part.values()} == {"model", "proxy"}
 
 
+def test_each_row_is_counted_once_when_a_chunk_finds_another_chunks_answers_cached(tmp_path):
+    texts = column(3000)
+    parts = chunks(texts, 1000) + [texts[:500] + column(500, seed=2, offset=9000)]   # a repeat of the first
+    STATS.reset()
+    made = engine(tmp_path)
+    for part in parts:
+        made.run(agreeing(0.9), part, query="q")
+    stats = STATS.snapshot()
+    assert stats["rows"] == sum(map(len, parts))
+    assert stats["rows"] == stats["dedup_hits"] + stats["cache_hits"] + stats["model_rows"] + stats["proxy_rows"]
+
+
 def test_a_later_query_starts_from_the_examples_stored_before(tmp_path):
     eng = engine(tmp_path)
     eng.run(agreeing(0.9), column(1000), query="q1")

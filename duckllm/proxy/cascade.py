@@ -124,11 +124,12 @@ class Cascade:
         if not todo:
             return
 
-        def settle(proxied: int) -> None:
-            """The proxy answered `proxied` of the call's rows: counted, and kept for explain."""
-            counted and counted(proxied)
+        def settle(proxied: list[str]) -> None:
+            """The proxy answered these of the call's rows: counted (but those the engine counted as
+            cache hits, `known`), and their share kept for explain."""
+            counted and counted(sum(t not in known for t in proxied))
             if store:
-                store.record_share(model_id, task.key, proxied, len(todo))
+                store.record_share(model_id, task.key, len(proxied), len(todo))
 
         def model(texts: list[str], note: str | None, answers: dict | None = None) -> None:
             """The model answers texts; each answer is delivered and kept as it finishes."""
@@ -152,7 +153,7 @@ class Cascade:
         if len(spec.classes) == 1:      # the model can answer nothing else: agreement is certain
             for text in todo:
                 deliver(text, {**spec.result_of(spec.classes[0], 1.0), "answered_by": "proxy"})
-            settle(len(todo))
+            settle(todo)
             return
         featurize = FEATURES[spec.features]
         before = state.before
@@ -176,7 +177,7 @@ class Cascade:
                 note = (TOO_FEW.format(rows=f"{labeled + len(todo):,}", need=f"{round(goal):,}") if fitted is None
                         else NOT_REACHED.format(n=f"{len(fitted.held_out_scores):,}", target=spec.target,
                                                 confidence=spec.confidence))
-                settle(0)
+                settle([])
                 model(drawn, note)
                 return
             model(drawn, None, answers)
@@ -188,25 +189,26 @@ class Cascade:
                 break
         rest = [t for t in todo if draws[t] >= rate]
         if fitted.threshold is None:
-            settle(0)
+            settle([])
             model(rest, NOT_REACHED.format(n=f"{len(fitted.held_out_scores):,}", target=spec.target,
                                            confidence=spec.confidence))
             return
         if before.keys and _drifted(fitted, len(before.keys), spec):
-            settle(0)
+            settle([])
             model(rest, DRIFTED.format(target=spec.target))
             return
 
         labels, scores = fitted.scores(featurize(rest), np.array([sampling.fold(hash_key, t, classifier.FOLDS)
                                                                   for t in rest]))
         confidence = fitted.confidence(scores)
-        below = []
+        proxied, below = [], []
         for text, label, score, p in zip(rest, labels, scores, confidence):
             if score >= fitted.threshold:
                 deliver(text, {**spec.result_of(label, float(p)), "answered_by": "proxy"})
+                proxied.append(text)
             else:
                 below.append(text)
-        settle(len(rest) - len(below))
+        settle(proxied)
         model(below, None)
 
 
