@@ -137,7 +137,7 @@ def main():
     print(f"prompt eval {pe_tps:.1f} tok/s; {text_tokens / n:.1f} text tokens/row -> limit {limit_rps:.2f} rows/s; "
           f"cold run evaluated {cold['prompt'] / n:.1f} prompt + {cold['gen'] / n:.1f} answer tokens/row; "
           f"the naive loop generated {naive_generated:.1f} tokens/row")
-    print(f"duckllm's own {batch}-token batch ({info['batch_tokens']}, {runtime.kv_cache} cache): "
+    print(f"duckllm's own {batch}-token batch ({info['batch_tokens']}, {info['kv_cache']} cache): "
           f"{fresh_tps:.1f} tok/s fresh, {prefix_tps:.1f} after the {runtime.prefix_tokens}-token shared prompt")
     print()
     print("| phase | rows/s | x naive | x cold | invalid | model rows | peak RSS MB | % of prompt-eval limit |")
