@@ -103,11 +103,9 @@ def load(suite: Path, name: str, model: str, answers: str, rows: int | None) -> 
                   [r["confidence"] for r in saved], labels, statistics.median(seconds) if seconds else float("nan"))
 
 
-def task_for(column: Column, model: str, target: float, learning: str = "query", seed: int = 0,
-             features: str = "text"):
+def task_for(column: Column, model: str, target: float, seed: int = 0, features: str = "text"):
     task = proxy_answers.task_for(column.name, column.labels, model, agreement=target)
-    return dataclasses.replace(task, agreement=dataclasses.replace(task.agreement, learning=learning, seed=seed,
-                                                                   features=features))
+    return dataclasses.replace(task, agreement=dataclasses.replace(task.agreement, seed=seed, features=features))
 
 
 class Memo:
@@ -170,10 +168,11 @@ MEMO = Memo()
 ORIGINAL = dict(FEATURES)
 
 
-def replay(column: Column, task, warmup: int = 0) -> tuple[list[dict], float, float]:
+def replay(column: Column, task, warmup: int = 0, learning: str = "query") -> tuple[list[dict], float, float]:
     """The column through the engine in DuckDB-sized chunks: results, wall and CPU seconds.
     warmup: a query over the column's first rows (a random sample: the column is shuffled)
-    runs first, and the query over the rest starts from the answers it stored."""
+    runs first, and the query over the rest starts from the answers it stored. learning 'query':
+    the chunks of a named query, as on several DuckDB threads; 'free': unnamed, as on one."""
     runtime = Replay({t: (m, c) for t, m, c in zip(column.texts, column.model, column.confidence)})
     models.register("replay", lambda settings: runtime)
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,7 +183,8 @@ def replay(column: Column, task, warmup: int = 0) -> tuple[list[dict], float, fl
         for query, (begin, end) in enumerate([(0, warmup), (warmup, len(column.texts))]):
             for start in range(begin, end, CHUNK):
                 results += engine.run(dataclasses.replace(task, model="replay"),
-                                      column.texts[start:min(start + CHUNK, end)], query=f"bench {query}")
+                                      column.texts[start:min(start + CHUNK, end)],
+                                      query=None if learning == "free" else f"bench {query}")
         # features were memoised: add what computing them once per row costs
         extra = MEMO.cpu_per_row.get(task.agreement.features, 0.0) * len(column.texts)
         return results, time.perf_counter() - wall + extra, time.process_time() - cpu + extra
@@ -223,7 +223,7 @@ def cascade_table(columns, model, targets, features) -> None:
     for column in columns:
         for target in targets:
             for learning, kind in [(learning, kind) for kind in features for learning in ("query", "free")]:
-                results, _, cpu = replay(column, task_for(column, model, target, learning, features=kind))
+                results, _, cpu = replay(column, task_for(column, model, target, features=kind), learning=learning)
                 s = summary(column, results, cpu)
                 rows.append([column.name, target, f"{learning} {kind}", s["rows"], s["proxy"], s["share"], s["agreement"],
                              s["accuracy_model"], s["accuracy"], s["proxy_rows_per_s"], s["speedup"]])
@@ -327,7 +327,8 @@ def projection(columns, model, targets, total: int, features: str) -> None:
     for column in columns:
         for target in targets:
             for learning in ("query", "free"):
-                results, _, cpu = replay(column, task_for(column, model, target, learning, features=features))
+                results, _, cpu = replay(column, task_for(column, model, target, features=features),
+                                         learning=learning)
                 s = summary(column, results, cpu)
                 # beyond the replayed column, a deterministic query's chunks each learn alone, as the
                 # replayed ones did; a free one keeps the share its last chunk reached

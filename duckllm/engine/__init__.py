@@ -117,7 +117,7 @@ class Engine:
         if self._cascade is None:
             from duckllm.proxy.cascade import Cascade
             from duckllm.proxy.examples import ExampleStore
-            self._cascade = Cascade(lambda: ExampleStore(self.cache))
+            self._cascade = Cascade(ExampleStore(self.cache))
         return self._cascade
 
     def _plan(self, plan_id: str, task: Task, texts: Sequence[str | None], use_cache: bool) -> list[None]:

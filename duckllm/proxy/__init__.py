@@ -32,7 +32,6 @@ class Agreement:
     features: str = "embedding"                 # duckllm.proxy.features.FEATURES: 'embedding' for
                                                 # a text, 'pair' for llm_match's records
     seed: int = 0                               # which rows are sampled (duckllm.proxy.sampling)
-    learning: str = "query"                     # 'query': deterministic; 'free': see cascade
 
     @property
     def alpha(self) -> float:

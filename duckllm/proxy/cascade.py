@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,22 +75,22 @@ class _Query:
 class Cascade:
     """The proxy's side of an engine: for each query, the examples stored when it began."""
 
-    def __init__(self, store: Callable[[], ExampleStore]):
-        self._store = store
+    def __init__(self, store: ExampleStore):
+        self.store = store
         self._queries: OrderedDict[tuple, _Query] = OrderedDict()
         self._lock = threading.Lock()
 
     def last_share(self, model_id: str, task_key: str) -> float | None:
         """The share of rows the proxy answered in the task's latest call (None: none yet)."""
-        return self._store().last_share(model_id, task_key)
+        return self.store.last_share(model_id, task_key)
 
     def _query(self, spec: Agreement, model_id: str, task_key: str, query, keep: bool) -> _Query:
         """The query's state: its examples read, and featurised, once, by its first call."""
         featurize = FEATURES[spec.features]
         if not keep:
             return _Query(_labeled([], featurize), set())
-        store = self._store()
-        if spec.learning == "free" or query is None:      # a call of its own is its own query
+        store = self.store
+        if query is None:      # chunks in order (one thread), or a call of its own: all stored so far
             return _Query(_labeled(store.rows(model_id, task_key), featurize), set())
         with self._lock:
             key = (query, model_id, task_key, spec.features)
@@ -117,7 +116,7 @@ class Cascade:
         for text, result in cached.items():
             if text not in known:
                 deliver(text, {**result, "answered_by": "cache"})
-        store = self._store() if keep else None
+        store = self.store if keep else None
         own = [(keys[t], t, spec.label_of(r)) for t, r in cached.items() if t not in known]
         if store:
             store.add(model_id, task.key, own)     # answers from before agreement was asked for
