@@ -13,9 +13,10 @@ import sqlite3
 import threading
 import time
 
-from duckllm.engine.cache import ResultCache
+from duckllm.engine.cache import CLEARED_WITH_RESULTS, ResultCache
 
-TABLE = "proxy_examples"
+# the tables, named where the result cache clears them with the answers they came from
+TABLE, SHARES = CLEARED_WITH_RESULTS
 SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     key TEXT PRIMARY KEY,          -- the result cache's key of the answer
     model TEXT NOT NULL,
@@ -25,7 +26,6 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     created REAL NOT NULL)"""
 INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_task ON {TABLE} (model, task)"
 # what the proxy took in a task's latest call with agreement, for `duckllm explain`'s estimate
-SHARES = "proxy_shares"
 SHARES_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {SHARES} (
     model TEXT NOT NULL,
     task TEXT NOT NULL,
