@@ -266,7 +266,7 @@ def learning_curve(columns, targets, steps, features) -> None:
             train, rest = slice(0, n), slice(n, None)
             row = [column.name, n]
             for target in targets:
-                fitted = classifier.fit(X[train], column.model[train], folds[train], target, 0.05)
+                fitted = classifier.fit(X[train], column.model[train], folds[train], np.ones(n, bool), target, 0.05)
                 if fitted.threshold is None:
                     row += [0.0, float("nan")]
                     continue
@@ -289,7 +289,7 @@ def features_table(columns, n_train: int, target: float) -> None:
         for name in ("text", "embedding", "text+embedding"):
             X = FEATURES[name](column.texts)
             cpu = time.process_time()
-            fitted = classifier.fit(X[:n], column.model[:n], folds[:n], target, 0.05)
+            fitted = classifier.fit(X[:n], column.model[:n], folds[:n], np.ones(n, bool), target, 0.05)
             labels, scores = fitted.scores(X[n:], folds[n:])
             cpu = time.process_time() - cpu + MEMO.cpu_per_row[name] * len(column.texts)
             agree = np.array(labels, dtype=object) == np.array(column.model[n:], dtype=object)

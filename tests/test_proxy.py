@@ -14,7 +14,7 @@ from duckllm.engine import Engine, cancel, models
 from duckllm.engine.cache import ResultCache
 from duckllm.engine.stats import STATS
 from duckllm.errors import ArgumentError
-from duckllm.proxy import bound, cascade, features, sampling
+from duckllm.proxy import bound, cascade, classifier, features, sampling
 from duckllm.proxy.examples import ExampleStore
 from duckllm.settings import Settings
 from duckllm.sql import engine_of
@@ -206,6 +206,50 @@ def test_a_later_query_starts_from_the_examples_stored_before(tmp_path):
     assert stats["proxy_rows"] > 800 and stats["model_rows"] < 200       # mostly the audit sample
     assert ExampleStore(eng.cache).count() == first + stats["model_rows"]    # the model's answers only
     assert sum(r["answered_by"] == "proxy" for r in results) == stats["proxy_rows"]
+
+
+def test_rows_the_proxy_referred_teach_it_but_only_drawn_rows_check_it(tmp_path):
+    """The rows the proxy was unsure of are its hardest: they are trained on, but the agreement
+    is checked on the rows the sample drew, which are like the rows the proxy answers."""
+    texts = column(3000)
+    eng = engine(tmp_path)
+    for part in chunks(texts, 1000):
+        eng.run(agreeing(0.9), part)
+    db = eng.cache.connection()
+    stored = [(t, bool(d)) for t, d in db.execute("SELECT text, drawn FROM proxy_examples")]
+    key = sampling.key_of(0)
+    drawn = [t for t, d in stored if d]
+    referred = [t for t, d in stored if not d]
+    assert drawn and referred
+    assert {t for t in texts if sampling.draw(key, t) < cascade.AUDIT} <= set(drawn)   # every call's audit
+    assert all(sampling.draw(key, t) >= cascade.AUDIT for t in referred)
+
+
+def test_the_threshold_is_chosen_on_drawn_rows_alone():
+    rng = np.random.default_rng(0)
+    texts = column(1200)
+    labels = [fake_answer(t) for t in texts]
+    hard = rng.random(1200) < 0.3           # rows the model answered otherwise than the text says
+    labels = [LABELS[(LABELS.index(label) + 1) % len(LABELS)] if h else label for label, h in zip(labels, hard)]
+    X = features.text_features(texts)
+    folds = np.array([sampling.fold(sampling.key_of(0), t, classifier.FOLDS) for t in texts])
+    fitted = classifier.fit(X, labels, folds, ~hard, 0.9, 0.05)
+    assert fitted.held_out == int((~hard).sum())
+    scores, agreed = fitted.held_out_scores[~hard], fitted.held_out_agreed[~hard]
+    assert fitted.threshold == bound.threshold(scores, agreed, 0.9, 0.05)
+    assert classifier.fit(X, labels, folds, np.ones(1200, bool), 0.9, 0.05).threshold != fitted.threshold
+
+
+def test_an_examples_table_from_before_drawn_existed_is_read_as_training_rows(tmp_path):
+    import sqlite3
+    cache = ResultCache(tmp_path / "old.sqlite")
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:
+        db.execute("CREATE TABLE proxy_examples (key TEXT PRIMARY KEY, model TEXT NOT NULL, task TEXT NOT NULL, "
+                   "text TEXT NOT NULL, label TEXT NOT NULL, created REAL NOT NULL)")
+        db.execute("INSERT INTO proxy_examples VALUES ('k1', 'm', 't', 'late parcel', 'delivery', 0)")
+    store = ExampleStore(cache)
+    store.add("m", "t", [("k2", "my refund", "refund", True)])
+    assert store.rows("m", "t") == [("k1", "late parcel", "delivery", False), ("k2", "my refund", "refund", True)]
 
 
 def test_cached_answers_are_answered_by_the_cache_and_teach_the_proxy(tmp_path):

@@ -18,8 +18,9 @@ the model, which answers one batch at a time behind the engine's lock, loses not
 
 Honest samples. A row is in the call's sample when the keyed hash of its text falls under the
 call's rate (sampling.draw): never its position, so a sorted table is sampled as a shuffled one.
-The rate tops the labeled rows up to what the bound needs, and never falls under AUDIT, so every
-chunk keeps checking the proxy on fresh rows of its own.
+The rate tops the drawn rows up to what the bound needs, and never falls under AUDIT, so every
+chunk keeps checking the proxy on fresh rows of its own. Only drawn rows check the proxy: the
+rows it referred to the model (below its threshold) teach it, but are its hardest, not a sample.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from duckllm.proxy.features import FEATURES
 AUDIT = 0.05          # the least share of a call's new rows the model answers, to audit the proxy
 WANT = 2              # a call's first look wants WANT x the rows the bound tests first, labeled
 LOOKS = 4             # looks at a growing sample, each with the labeled rows doubled
+FIRST_LOOK = 0.8      # the share of the error rate the first look spends (see _alpha)
 KEEP_QUERIES = 4      # queries whose stored examples (and their features) are kept in memory
 
 TOO_FEW = ("agreement: {rows} rows are too few for a proxy, which needs the model's answers to at least "
@@ -53,17 +55,18 @@ class _Labeled:
     keys: list[str]
     texts: list[str]
     labels: list[str]
+    drawn: list[bool]               # sent to the model by the sample draw (examples.py)
     X: sparse.csr_matrix | None
 
 
-def _labeled(rows: list[tuple[str, str, str]], featurize) -> _Labeled:
-    keys, texts, labels = (list(c) for c in zip(*rows)) if rows else ([], [], [])
-    return _Labeled(keys, texts, labels, featurize(texts) if texts else None)
+def _labeled(rows: list[tuple[str, str, str, bool]], featurize) -> _Labeled:
+    keys, texts, labels, drawn = (list(c) for c in zip(*rows)) if rows else ([], [], [], [])
+    return _Labeled(keys, texts, labels, drawn, featurize(texts) if texts else None)
 
 
 def _joined(a: _Labeled, b: _Labeled) -> _Labeled:
     X = a.X if b.X is None else b.X if a.X is None else sparse.vstack([a.X, b.X], format="csr")
-    return _Labeled(a.keys + b.keys, a.texts + b.texts, a.labels + b.labels, X)
+    return _Labeled(a.keys + b.keys, a.texts + b.texts, a.labels + b.labels, a.drawn + b.drawn, X)
 
 
 @dataclass
@@ -117,7 +120,7 @@ class Cascade:
             if text not in known:
                 deliver(text, {**result, "answered_by": "cache"})
         store = self.store if keep else None
-        own = [(keys[t], t, spec.label_of(r)) for t, r in cached.items() if t not in known]
+        own = [(keys[t], t, spec.label_of(r), False) for t, r in cached.items() if t not in known]
         if store:
             store.add(model_id, task.key, own)     # answers from before agreement was asked for
         if not todo:
@@ -130,15 +133,16 @@ class Cascade:
             if store:
                 store.record_share(model_id, task.key, len(proxied), len(todo))
 
-        def model(texts: list[str], note: str | None, answers: dict | None = None) -> None:
-            """The model answers texts; each answer is delivered and kept as it finishes."""
+        def model(texts: list[str], note: str | None, answers: dict | None = None, drawn: bool = False) -> None:
+            """The model answers texts; each answer is delivered and kept as it finishes (drawn:
+            the texts are the call's sample, not rows the proxy referred)."""
             def done(text: str, result: dict) -> None:
                 label = spec.label_of(result)
                 if answers is not None:
                     answers[text] = label
                 state.written.add(keys[text])     # before the engine caches it: see `known`
                 if store:
-                    store.add(model_id, task.key, [(keys[text], text, label)])
+                    store.add(model_id, task.key, [(keys[text], text, label, drawn)])
                 if note:
                     result = {**result, "note": "; ".join(n for n in (result.get("note"), note) if n)}
                 deliver(text, {**result, "answered_by": "model"})
@@ -159,37 +163,37 @@ class Cascade:
         stored = set(before.keys)
         own = sorted(row for row in own if row[0] not in stored)
 
-        labeled = len(before.keys) + len(own)
+        labeled = sum(before.drawn)     # the rows that can check the proxy: own rows are not drawn
         hash_key = sampling.key_of(spec.seed)
         draws = {t: sampling.draw(hash_key, t) for t in todo}
         first = bound.START * bound.fewest(spec.target, _alpha(spec, 0))
         # Looks: the sample grows (twice the labeled rows each time) until the proxy shows the
         # target or the whole call has gone to the model. Each look spends its own share of
-        # alpha, so stopping at the first that passes keeps the stated confidence.
+        # alpha (_alpha), so stopping at the first that passes keeps the stated confidence.
         answers: dict[str, str] = {}
         goal = max(WANT * first, labeled + AUDIT * len(todo))
         rate, fitted = 0.0, None
         for look in range(LOOKS):
             low, rate = rate, min(1.0, max(AUDIT, (goal * 2 ** look - labeled) / len(todo)))
-            drawn = [t for t in todo if low <= draws[t] < rate]
+            picked = [t for t in todo if low <= draws[t] < rate]
             if rate >= 1.0:     # no rows would be left for the proxy: the model answers them all
                 note = (TOO_FEW.format(rows=f"{labeled + len(todo):,}", need=f"{round(goal):,}") if fitted is None
-                        else NOT_REACHED.format(n=f"{len(fitted.held_out_scores):,}", target=spec.target,
+                        else NOT_REACHED.format(n=f"{fitted.held_out:,}", target=spec.target,
                                                 confidence=spec.confidence))
                 settle([])
-                model(drawn, note)
+                model(picked, note, drawn=True)
                 return
-            model(drawn, None, answers)
-            sampled = [(keys[t], t, answers[t]) for t in todo if draws[t] < rate]
+            model(picked, None, answers, drawn=True)
+            sampled = [(keys[t], t, answers[t], True) for t in todo if draws[t] < rate]
             pool = _joined(before, _labeled(sorted(own + sampled), featurize))
             folds = np.array([sampling.fold(hash_key, t, classifier.FOLDS) for t in pool.texts])
-            fitted = classifier.fit(pool.X, pool.labels, folds, spec.target, _alpha(spec, look))
+            fitted = classifier.fit(pool.X, pool.labels, folds, pool.drawn, spec.target, _alpha(spec, look))
             if fitted.threshold is not None:
                 break
         rest = [t for t in todo if draws[t] >= rate]
         if fitted.threshold is None:
             settle([])
-            model(rest, NOT_REACHED.format(n=f"{len(fitted.held_out_scores):,}", target=spec.target,
+            model(rest, NOT_REACHED.format(n=f"{fitted.held_out:,}", target=spec.target,
                                            confidence=spec.confidence))
             return
         if before.keys and _drifted(fitted, len(before.keys), spec):
@@ -212,14 +216,18 @@ class Cascade:
 
 
 def _alpha(spec: Agreement, look: int) -> float:
-    """The error rate a look may spend: half of what is left, so all looks together spend alpha."""
-    return spec.alpha / 2 ** (look + 1)
+    """The error rate a look may spend: FIRST_LOOK of what the looks before it left, so all
+    looks together spend less than alpha. Most goes to the first look, the only one a call
+    needs once the task has stored examples."""
+    return spec.alpha * FIRST_LOOK * (1 - FIRST_LOOK) ** look
 
 
 def _drifted(fitted: classifier.Fitted, stored: int, spec: Agreement) -> bool:
-    """The call's own labeled rows (after the stored ones) show, above the threshold, agreement
+    """The call's own drawn rows (after the stored ones) show, above the threshold, agreement
     surely below the target: the stored examples do not speak for this chunk."""
-    scores, agreed = fitted.held_out_scores[stored:], fitted.held_out_agreed[stored:]
+    mine = fitted.drawn.copy()
+    mine[:stored] = False
+    scores, agreed = fitted.held_out_scores[mine], fitted.held_out_agreed[mine]
     above = scores >= fitted.threshold
     n = int(above.sum())
     return n > 0 and bound.upper(int(agreed[above].sum()), n, spec.alpha) < spec.target

@@ -4,7 +4,8 @@ The labeled rows (the model's own answers) are split into folds by a hash of the
 fold gets a model trained on the other folds, and a new row is scored by the model of the fold
 its own hash falls in: so a new row and a held-out row of its fold are scored alike, and what
 the held-out rows show (how often the proxy agrees with the model above a score) carries over
-to the new rows. Training is deterministic: rows in a fixed order, fixed seeds.
+to the new rows. It carries over from the drawn rows only (a random sample, as the new rows
+are); the others (rows the proxy was unsure of) are trained on but do not speak for new rows. Training is deterministic: rows in a fixed order, fixed seeds.
 """
 from __future__ import annotations
 
@@ -44,12 +45,13 @@ class Fitted:
     models: list                       # one per fold
     calibration: IsotonicRegression | None
     threshold: float | None            # the lowest score the proxy answers at; None: none
-    held_out: int                      # labeled rows scored by a model that did not see them
+    held_out: int                      # drawn labeled rows, scored by a model that did not see them
     agreement: float                   # how often the proxy agreed with the model above it, held out
     bound: float                       # the lower bound on that rate at the stated confidence
     share: float                       # the held-out rows above it
     held_out_scores: np.ndarray | None = None    # each labeled row's score from the model without it
-    held_out_agreed: np.ndarray | None = None    # ... and whether its label was the model's
+    held_out_agreed: np.ndarray | None = None    # ... whether its label was the model's
+    drawn: np.ndarray | None = None              # ... and whether it was drawn (speaks for new rows)
 
     def scores(self, X, folds: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Each row's label and score (its label's probability) from its fold's model."""
@@ -81,8 +83,9 @@ def _aligned(model, X, classes: list[str]) -> np.ndarray:
     return full
 
 
-def fit(X, labels: list[str], folds: np.ndarray, target: float, alpha: float) -> Fitted:
-    """Cross-fit on the labeled rows, then choose the threshold on their held-out scores."""
+def fit(X, labels: list[str], folds: np.ndarray, drawn: np.ndarray, target: float, alpha: float) -> Fitted:
+    """Cross-fit on all labeled rows, then calibrate and choose the threshold on the held-out
+    scores of the drawn ones."""
     classes = sorted(set(labels))
     y = np.asarray(labels, dtype=object)
     models = []
@@ -95,10 +98,12 @@ def fit(X, labels: list[str], folds: np.ndarray, target: float, alpha: float) ->
             models.append(_Constant(seen[0], classes))
         else:
             models.append(_estimator().fit(X[train], y[train]))
-    fitted = Fitted(classes, models, None, None, len(labels), 0.0, 0.0, 0.0)
+    drawn = np.asarray(drawn, dtype=bool)
+    fitted = Fitted(classes, models, None, None, int(drawn.sum()), 0.0, 0.0, 0.0)
     predicted, scores = fitted.scores(X, folds)
     agreed = np.asarray(predicted, dtype=object) == y
-    fitted.held_out_scores, fitted.held_out_agreed = scores, agreed
+    fitted.held_out_scores, fitted.held_out_agreed, fitted.drawn = scores, agreed, drawn
+    scores, agreed = scores[drawn], agreed[drawn]
     if len(set(scores)) > 1:
         fitted.calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, agreed)
     fitted.threshold = bound.threshold(scores, agreed, target, alpha)

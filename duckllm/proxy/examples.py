@@ -6,6 +6,11 @@ model file's sha256, the task's key without the agreement options, the text), wr
 answer finishes: an interrupted query keeps them, and the next one retrains from them (no
 pickled model is kept: training from the rows is fast and deterministic). `duckllm cache clear`
 removes them with the results they came from.
+
+Each row says whether the model answered it because its sample draw picked it (`drawn`: a random
+row of its call) or for another reason (the proxy was unsure of it, or the cache held it). The
+proxy trains on both, but checks its agreement on drawn rows only: the rows it was unsure of are
+its hardest, and would make the check speak for rows unlike the ones it is about to answer.
 """
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     task TEXT NOT NULL,
     text TEXT NOT NULL,
     label TEXT NOT NULL,
-    created REAL NOT NULL)"""
+    created REAL NOT NULL,
+    drawn INTEGER NOT NULL DEFAULT 0)   -- 1: sent to the model by its sample draw (see above)"""
+# a table written before `drawn` existed gets it, its rows counted as not drawn: training rows only
+ADD_DRAWN = f"ALTER TABLE {TABLE} ADD COLUMN drawn INTEGER NOT NULL DEFAULT 0"
 INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_task ON {TABLE} (model, task)"
 # what the proxy took in a task's latest call with agreement, for `duckllm explain`'s estimate
 SHARES_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {SHARES} (
@@ -49,6 +57,8 @@ class ExampleStore:
             try:
                 if self.cache.writable:
                     db.execute(SCHEMA)
+                    if "drawn" not in {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}:
+                        db.execute(ADD_DRAWN)
                     db.execute(INDEX)
                     db.execute(SHARES_SCHEMA)
             except sqlite3.Error as e:
@@ -64,24 +74,25 @@ class ExampleStore:
         except sqlite3.Error:    # no table yet (a read-only cache written before)
             return 0
 
-    def rows(self, model: str, task: str, upto: int | None = None) -> list[tuple[str, str, str]]:
-        """(key, text, label) of a task's stored answers (up to a mark), ordered by key, so the
+    def rows(self, model: str, task: str, upto: int | None = None) -> list[tuple[str, str, str, bool]]:
+        """(key, text, label, drawn) of a task's stored answers (up to a mark), ordered by key, so the
         same rows come in the same order whatever order they were written in."""
         db = self._db()
         if db is None:
             return []
-        query = f"SELECT key, text, label FROM {TABLE} WHERE model = ? AND task = ?"
+        query = f"SELECT key, text, label, drawn = 1 FROM {TABLE} WHERE model = ? AND task = ?"
         params: list = [model, task]
         if upto is not None:
             query += " AND rowid <= ?"
             params.append(upto)
         try:
-            return db.execute(query + " ORDER BY key", params).fetchall()
+            return [(key, text, label, bool(drawn))
+                    for key, text, label, drawn in db.execute(query + " ORDER BY key", params)]
         except sqlite3.Error:
             return []
 
-    def add(self, model: str, task: str, rows: list[tuple[str, str, str]]) -> None:
-        """Keep (key, text, label) answers; one stored already stays as it was (and keeps its
+    def add(self, model: str, task: str, rows: list[tuple[str, str, str, bool]]) -> None:
+        """Keep (key, text, label, drawn) answers; one stored already stays as it was (and keeps its
         place before or after a query's mark)."""
         db = self._db()
         if db is None or not rows or not self.cache.writable:
@@ -89,8 +100,9 @@ class ExampleStore:
         now = time.time()
         try:
             with db:
-                db.executemany(f"INSERT OR IGNORE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?)",
-                               [(key, model, task, text, label, now) for key, text, label in rows])
+                db.executemany(f"INSERT OR IGNORE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               [(key, model, task, text, label, now, int(drawn))
+                                for key, text, label, drawn in rows])
         except sqlite3.Error as e:
             self.cache.failed(f"cannot write the proxy's examples to {self.cache.path} ({e})")
 
