@@ -38,10 +38,11 @@ import _common
 import proxy_answers
 
 from duckllm.engine import Engine, models
-from duckllm.engine.cache import ResultCache
+from duckllm.engine.cache import ResultCache, key_of
 from duckllm.engine.stats import STATS
 from duckllm.prompt_format import FORMATS
-from duckllm.proxy import classifier, sampling
+from duckllm.proxy import cascade, classifier, sampling
+from duckllm.proxy.examples import ExampleStore
 from duckllm.proxy.features import FEATURES
 from duckllm.runtime import Answer, Choice, Usage
 from duckllm.settings import Settings
@@ -168,26 +169,43 @@ MEMO = Memo()
 ORIGINAL = dict(FEATURES)
 
 
-def replay(column: Column, task, warmup: int = 0, learning: str = "query") -> tuple[list[dict], float, float]:
-    """The column through the engine in DuckDB-sized chunks: results, wall and CPU seconds.
+@dataclasses.dataclass
+class Replayed:
+    results: list[dict]
+    cpu: float              # CPU seconds, the features' included
+    drawn: list[int]        # drawn examples stored after each chunk
+
+
+def replay(column: Column, task, warmup: int = 0, learning: str = "query", stored: int = 0,
+           rows: int | None = None) -> Replayed:
+    """The column through the engine in DuckDB-sized chunks.
     warmup: a query over the column's first rows (a random sample: the column is shuffled)
     runs first, and the query over the rest starts from the answers it stored. learning 'query':
-    the chunks of a named query, as on several DuckDB threads; 'free': unnamed, as on one."""
+    the chunks of a named query, as on several DuckDB threads; 'free': unnamed, as on one.
+    stored: the first rows' answers are put in the example store as drawn rows instead, and only
+    the next `rows` rows are replayed (the learning curve)."""
     runtime = Replay({t: (m, c) for t, m, c in zip(column.texts, column.model, column.confidence)})
     models.register("replay", lambda settings: runtime)
+    task = dataclasses.replace(task, model="replay")
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(Settings.from_env(model="replay", progress=False), cache=ResultCache(Path(tmp) / "cache.sqlite"))
+        if stored:
+            identity = engine.model("replay").identity
+            ExampleStore(engine.cache).add(identity, task.key, [
+                (key_of(identity, task.key, t), t, m, True) for t, m in zip(column.texts[:stored], column.model)])
         STATS.reset()
-        wall, cpu = time.perf_counter(), time.process_time()
-        results = []
-        for query, (begin, end) in enumerate([(0, warmup), (warmup, len(column.texts))]):
-            for start in range(begin, end, CHUNK):
-                results += engine.run(dataclasses.replace(task, model="replay"),
-                                      column.texts[start:min(start + CHUNK, end)],
+        cpu = time.process_time()
+        results, drawn = [], []
+        db = engine.cache.connection()
+        end = len(column.texts) if rows is None else min(len(column.texts), stored + rows)
+        for query, (begin, stop) in enumerate([(stored, stored + warmup), (stored + warmup, end)]):
+            for start in range(begin, stop, CHUNK):
+                results += engine.run(task, column.texts[start:min(start + CHUNK, stop)],
                                       query=None if learning == "free" else f"bench {query}")
+                drawn.append(db.execute("SELECT count(*) FROM proxy_examples WHERE drawn = 1").fetchone()[0])
         # features were memoised: add what computing them once per row costs
-        extra = MEMO.cpu_per_row.get(task.agreement.features, 0.0) * len(column.texts)
-        return results, time.perf_counter() - wall + extra, time.process_time() - cpu + extra
+        extra = MEMO.cpu_per_row.get(task.agreement.features, 0.0) * (end - stored)
+        return Replayed(results, time.process_time() - cpu + extra, drawn)
 
 
 def summary(column: Column, results: list[dict], cpu: float) -> dict:
@@ -223,8 +241,8 @@ def cascade_table(columns, model, targets, features) -> None:
     for column in columns:
         for target in targets:
             for learning, kind in [(learning, kind) for kind in features for learning in ("query", "free")]:
-                results, _, cpu = replay(column, task_for(column, model, target, features=kind), learning=learning)
-                s = summary(column, results, cpu)
+                run = replay(column, task_for(column, model, target, features=kind), learning=learning)
+                s = summary(column, run.results, run.cpu)
                 rows.append([column.name, target, f"{learning} {kind}", s["rows"], s["proxy"], s["share"], s["agreement"],
                              s["accuracy_model"], s["accuracy"], s["proxy_rows_per_s"], s["speedup"]])
     table("(1) the proxy on the model's answers, replayed in 2,048-row chunks: 'query' learns from the "
@@ -237,47 +255,44 @@ def cascade_table(columns, model, targets, features) -> None:
 def seeds_table(columns, model, targets, seeds, features) -> None:
     rows = []
     for column in columns:
-        for target in targets:
+        for target, learning in [(target, learning) for target in targets for learning in ("query", "free")]:
             agreements, shares = [], []
             for seed in range(seeds):
-                results, _, cpu = replay(column, task_for(column, model, target, seed=seed, features=features))
-                s = summary(column, results, cpu)
+                run = replay(column, task_for(column, model, target, seed=seed, features=features), learning=learning)
+                s = summary(column, run.results, run.cpu)
                 shares.append(s["share"])
                 agreements.append(s["agreement"])
             answered = [a for a in agreements if not math.isnan(a)]
             below = sum(a < target for a in answered)
-            rows.append([column.name, target, seeds, len(answered), below, min(answered, default=float("nan")),
+            rows.append([column.name, target, learning, seeds, len(answered), below, min(answered, default=float("nan")),
                          statistics.mean(answered) if answered else float("nan"), statistics.mean(shares)])
     table("(2) over seeds (which rows are sampled): runs in which the proxy answered, and in how many of "
           "those its agreement with the model fell below the target (the stated confidence allows 5%)",
-          ["dataset", "target", "seeds", "runs with proxy", "below target", "lowest", "mean agreement",
+          ["dataset", "target", "learning", "seeds", "runs with proxy", "below target", "lowest", "mean agreement",
            "mean share"], rows)
 
 
-def learning_curve(columns, targets, steps, features) -> None:
-    rows = []
-    key = sampling.key_of(0)
+def learning_curve(columns, model, targets, steps, features) -> dict:
+    """The share of a 2,048-row call the proxy takes when n of the model's answers are stored
+    (all drawn), its 5% audit included. Returns {(column, target): [(n, share), ...]}."""
+    rows, curves = [], {}
     for column in columns:
-        X = FEATURES[features](column.texts)
-        folds = np.array([sampling.fold(key, t, classifier.FOLDS) for t in column.texts])
         for n in steps:
-            if n >= len(column.texts) - 100:
+            if n + CHUNK > len(column.texts):
                 break
-            train, rest = slice(0, n), slice(n, None)
             row = [column.name, n]
             for target in targets:
-                fitted = classifier.fit(X[train], column.model[train], folds[train], np.ones(n, bool), target, 0.05)
-                if fitted.threshold is None:
-                    row += [0.0, float("nan")]
-                    continue
-                labels, scores = fitted.scores(X[rest], folds[rest])
-                above = scores >= fitted.threshold
-                agree = np.array(labels, dtype=object)[above] == np.array(column.model[rest], dtype=object)[above]
-                row += [float(above.mean()), float(agree.mean()) if above.any() else float("nan")]
+                run = replay(column, task_for(column, model, target, features=features), stored=n, rows=CHUNK)
+                part = slice(n, n + len(run.results))
+                s = summary(dataclasses.replace(column, texts=column.texts[part], gold=column.gold[part],
+                                                model=column.model[part]), run.results, 0.0)
+                curves.setdefault((column.name, target), []).append((n, s["share"]))
+                row += [s["share"], s["agreement"]]
             rows.append(row)
-    table("(3) learning curve: the share of new rows the proxy takes, and its agreement there, after n of "
-          f"the model's answers ({features} features, cross-fitted, the production bound)",
+    table("(3) learning curve: the share of a 2,048-row call the proxy takes, and its agreement there, with n of "
+          f"the model's answers stored ({features} features; the call's 5% audit included)",
           ["dataset", "n answers", *[f"{h} {t}" for t in targets for h in ("share", "agree")]], rows)
+    return curves
 
 
 def features_table(columns, n_train: int, target: float) -> None:
@@ -311,9 +326,9 @@ def warmup_table(columns, model, targets, warmups, features) -> None:
             for warmup in warmups:
                 if warmup >= len(column.texts) // 2:
                     continue
-                results, _, cpu = replay(column, task_for(column, model, target, features=features), warmup)
-                s = summary(column, results, cpu)
-                rest = [r["answered_by"] == "proxy" for r in results[warmup:]]
+                run = replay(column, task_for(column, model, target, features=features), warmup)
+                s = summary(column, run.results, run.cpu)
+                rest = [r["answered_by"] == "proxy" for r in run.results[warmup:]]
                 rows.append([column.name, target, warmup, s["rows"], sum(rest) / len(rest), s["share"],
                              s["agreement"], s["accuracy"], s["speedup"]])
     table("(6) a warm-up query over a random sample first (SELECT ... USING SAMPLE), then the column's other rows: "
@@ -322,28 +337,38 @@ def warmup_table(columns, model, targets, warmups, features) -> None:
            "acc cascade", "x model alone"], rows)
 
 
-def projection(columns, model, targets, total: int, features: str) -> None:
+def projection(columns, model, targets, total: int, features: str, curves: dict) -> None:
+    """A column of `total` rows like the replayed one, on one DuckDB thread: chunk by chunk, the
+    share is the learning curve's at the most drawn rows stored by then (the first call's sample,
+    then each call's 5% audit), never past the curve's last measured point. The training rows
+    of a real run (every model answer) outnumber the drawn ones, so this is the low side."""
     rows = []
     for column in columns:
         for target in targets:
-            for learning in ("query", "free"):
-                results, _, cpu = replay(column, task_for(column, model, target, features=features),
-                                         learning=learning)
-                s = summary(column, results, cpu)
-                # beyond the replayed column, a deterministic query's chunks each learn alone, as the
-                # replayed ones did; a free one keeps the share its last chunk reached
-                chunk_shares = [np.mean([r["answered_by"] == "proxy" for r in results[i:i + CHUNK]])
-                                for i in range(0, len(results), CHUNK)]
-                later = chunk_shares[-1] if learning == "free" else s["share"]
-                proxied = s["proxy"] + later * max(0, total - s["rows"])
-                per_row_proxy = cpu / s["rows"]
-                hours = ((total - proxied) * column.model_s_per_row + total * per_row_proxy) / 3600
-                alone = total * column.model_s_per_row / 3600
-                rows.append([column.name, target, learning, later, alone, hours, alone / hours,
-                             GPU_ROWS_PER_S * per_row_proxy])
-    table(f"(5) a {total:,}-row column like it, {features} features, from the measured shares and rates (model {', '.join(f'{c.name} {1 / c.model_s_per_row:.2f} rows/s' for c in columns)}); "
+            curve = curves.get((column.name, target))
+            if not curve:
+                continue
+            run = replay(column, task_for(column, model, target, features=features), learning="free")
+            first = run.results[:CHUNK]
+            drawn = run.drawn[0]        # the first call's sample
+            per_row_proxy = run.cpu / len(run.results)
+            seconds, done, shares = 0.0, 0, []
+            while done < total:
+                n = min(CHUNK, total - done)
+                share = (sum(r["answered_by"] == "proxy" for r in first) / len(first) if done == 0 else
+                         [s for k, s in curve if k <= drawn][-1])
+                shares.append(share)
+                seconds += n * ((1 - share) * column.model_s_per_row + per_row_proxy)
+                drawn += round(cascade.AUDIT * n)
+                done += n
+            alone = total * column.model_s_per_row
+            rows.append([column.name, target, shares[1] if len(shares) > 1 else shares[0], shares[-1],
+                         alone / 3600, seconds / 3600, alone / seconds, GPU_ROWS_PER_S * per_row_proxy])
+    table(f"(5) a {total:,}-row column like it, one DuckDB thread, {features} features: each chunk at the learning "
+          f"curve's share for the drawn rows stored by then (model {', '.join(f'{c.name} {1 / c.model_s_per_row:.2f} rows/s' for c in columns)}); "
           f"the last column: the proxy's CPU seconds per second of a GPU model at {GPU_ROWS_PER_S} rows/s",
-          ["dataset", "target", "learning", "share later", "model alone h", "cascade h", "x", "proxy s per GPU s"], rows)
+          ["dataset", "target", "share 2nd chunk", "share last", "model alone h", "cascade h", "x", "proxy s per GPU s"],
+          rows)
 
 
 def main() -> None:
@@ -373,10 +398,12 @@ def main() -> None:
     "4" in skip or features_table(columns, 400, 0.95)
     "1" in skip or cascade_table(columns, args.model, targets, features)
     "2" in skip or seeds_table(columns, args.model, [0.9, 0.95], args.seeds, features[0])
-    "3" in skip or learning_curve(columns, targets, [100, 200, 400, 800, 1600, 3200, 6400], features[0])
+    curves = {} if "3" in skip else learning_curve(columns, args.model, targets, [0, 200, 400, 800, 1600, 3200, 6400],
+                                                   features[0])
     "6" in skip or warmup_table(columns, args.model, [t for t in targets if t != 0.99], [500, 1000],
                                 features[0])
-    "5" in skip or projection(columns, args.model, [t for t in targets if t != 0.99], args.projection, features[0])
+    "5" in skip or projection(columns, args.model, [t for t in targets if t != 0.99], args.projection, features[0],
+                              curves)
 
 
 if __name__ == "__main__":

@@ -252,6 +252,45 @@ def test_an_examples_table_from_before_drawn_existed_is_read_as_training_rows(tm
     assert store.rows("m", "t") == [("k1", "late parcel", "delivery", False), ("k2", "my refund", "refund", True)]
 
 
+class CountingEmbedder:
+    """Vectors that carry the fake model's answer, and a record of the texts embedded."""
+
+    def __init__(self):
+        self.encoded = []
+
+    def encode(self, texts):
+        self.encoded += texts
+        out = []
+        for text in texts:
+            v = np.random.default_rng(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)).normal(size=8) * 0.3
+            v[LABELS.index(fake_answer(text))] += 1
+            out.append(v.astype(np.float32))
+        return out
+
+
+def test_a_new_process_reads_the_examples_vectors_instead_of_embedding_them_again(tmp_path, monkeypatch):
+    from duckllm.runtime import embed
+    monkeypatch.setitem(features.FEATURES, "embedding", features.embedding_features)
+    embedder = CountingEmbedder()
+    monkeypatch.setattr(embed, "default_embedder", lambda: embedder)
+    monkeypatch.setattr(features, "_embedded", {})
+    eng = engine(tmp_path)
+    eng.run(agreeing(0.9), column(1500))
+    store = ExampleStore(eng.cache)
+    examples = [text for _, text, _, _ in store.rows("fake", agreeing(0.9).key)]
+    kept = store.vectors(examples)
+    assert set(kept) == set(examples)
+    assert all(np.array_equal(kept[t], features.embedded([t])[t]) for t in examples)   # bit for bit
+    monkeypatch.setattr(features, "_embedded", {})       # a new process
+    embedder.encoded.clear()
+    new = column(500, seed=1, offset=10_000)
+    results = engine(tmp_path, cache=eng.cache).run(agreeing(0.9), new)
+    assert embedder.encoded and set(embedder.encoded) <= set(new)
+    assert any(r["answered_by"] == "proxy" for r in results)
+    eng.cache.clear()
+    assert store.vectors(examples) == {}
+
+
 def test_cached_answers_are_answered_by_the_cache_and_teach_the_proxy(tmp_path):
     eng, texts = engine(tmp_path), column(600)
     eng.run(classify.build(LABELS), texts)          # without agreement: cached, no examples kept

@@ -25,7 +25,8 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS results (
     function TEXT NOT NULL,
     result TEXT NOT NULL,
     created REAL NOT NULL)"""
-CLEARED_WITH_RESULTS = ("proxy_examples", "proxy_shares")    # tables beside the results that clear() empties
+# tables beside the results that clear() empties: the proxy's examples, shares and text vectors
+CLEARED_WITH_RESULTS = ("proxy_examples", "proxy_shares", "proxy_vectors")
 
 
 def key_of(model_id: str, task_key: str, text: str) -> str:

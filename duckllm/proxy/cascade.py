@@ -31,9 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from duckllm.proxy import Agreement, bound, classifier, sampling
+from duckllm.proxy import Agreement, bound, classifier, features, sampling
 from duckllm.proxy.examples import ExampleStore
-from duckllm.proxy.features import FEATURES
 
 AUDIT = 0.05          # the least share of a call's new rows the model answers, to audit the proxy
 WANT = 2              # a call's first look wants WANT x the rows the bound tests first, labeled
@@ -89,20 +88,34 @@ class Cascade:
 
     def _query(self, spec: Agreement, model_id: str, task_key: str, query, keep: bool) -> _Query:
         """The query's state: its examples read, and featurised, once, by its first call."""
-        featurize = FEATURES[spec.features]
+        featurize = features.FEATURES[spec.features]
         if not keep:
             return _Query(_labeled([], featurize), set())
         store = self.store
         if query is None:      # chunks in order (one thread), or a call of its own: all stored so far
-            return _Query(_labeled(store.rows(model_id, task_key), featurize), set())
+            return _Query(_labeled(self._recalled(spec, store.rows(model_id, task_key)), featurize), set())
         with self._lock:
             key = (query, model_id, task_key, spec.features)
             if key not in self._queries:
-                self._queries[key] = _Query(_labeled(store.rows(model_id, task_key, upto=store.mark()), featurize), set())
+                stored = self._recalled(spec, store.rows(model_id, task_key, upto=store.mark()))
+                self._queries[key] = _Query(_labeled(stored, featurize), set())
                 while len(self._queries) > KEEP_QUERIES:
                     self._queries.popitem(last=False)
             self._queries.move_to_end(key)
             return self._queries[key]
+
+    def _recalled(self, spec: Agreement, rows: list[tuple]) -> list[tuple]:
+        """The stored rows, their kept vectors read for those this process has not embedded."""
+        if spec.features in features.EMBEDS:
+            texts = [row[1] for row in rows]
+            known = features.embedded(texts)
+            features.remember(self.store.vectors([t for t in texts if t not in known]))
+        return rows
+
+    def _keep_vectors(self, spec: Agreement, texts: list[str]) -> None:
+        """Keep the vectors of texts that are, or are about to be, examples."""
+        if spec.features in features.EMBEDS:
+            self.store.keep_vectors(features.embedded(texts))
 
     def run(self, task, todo: list[str], keys: dict[str, str], cached: dict[str, dict], deliver,
             compute, model_id: str, query=None, keep: bool = True, counted=None) -> None:
@@ -158,7 +171,7 @@ class Cascade:
                 deliver(text, {**spec.result_of(spec.classes[0], 1.0), "answered_by": "proxy"})
             settle(todo)
             return
-        featurize = FEATURES[spec.features]
+        featurize = features.FEATURES[spec.features]
         before = state.before
         stored = set(before.keys)
         own = sorted(row for row in own if row[0] not in stored)
@@ -186,6 +199,8 @@ class Cascade:
             model(picked, None, answers, drawn=True)
             sampled = [(keys[t], t, answers[t], True) for t in todo if draws[t] < rate]
             pool = _joined(before, _labeled(sorted(own + sampled), featurize))
+            if store:
+                self._keep_vectors(spec, [row[1] for row in own + sampled])
             folds = np.array([sampling.fold(hash_key, t, classifier.FOLDS) for t in pool.texts])
             fitted = classifier.fit(pool.X, pool.labels, folds, pool.drawn, spec.target, _alpha(spec, look))
             if fitted.threshold is not None:
@@ -212,6 +227,8 @@ class Cascade:
             else:
                 below.append(text)
         settle(proxied)
+        if store:
+            self._keep_vectors(spec, below)
         model(below, None)
 
 

@@ -7,6 +7,10 @@ answer finishes: an interrupted query keeps them, and the next one retrains from
 pickled model is kept: training from the rows is fast and deterministic). `duckllm cache clear`
 removes them with the results they came from.
 
+The sentence embedder's vectors of the examples are kept too (a text's vector is its own, see
+features.py): a new process, a dbt run say, reads them instead of embedding every stored example
+again (about 130 a second here).
+
 Each row says whether the model answered it because its sample draw picked it (`drawn`: a random
 row of its call) or for another reason (the proxy was unsure of it, or the cache held it). The
 proxy trains on both, but checks its agreement on drawn rows only: the rows it was unsure of are
@@ -14,14 +18,17 @@ its hardest, and would make the check speak for rows unlike the ones it is about
 """
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
 
+import numpy as np
+
 from duckllm.engine.cache import CLEARED_WITH_RESULTS, ResultCache
 
 # the tables, named where the result cache clears them with the answers they came from
-TABLE, SHARES = CLEARED_WITH_RESULTS
+TABLE, SHARES, VECTORS = CLEARED_WITH_RESULTS
 SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     key TEXT PRIMARY KEY,          -- the result cache's key of the answer
     model TEXT NOT NULL,
@@ -42,6 +49,12 @@ SHARES_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {SHARES} (
     created REAL NOT NULL,
     PRIMARY KEY (model, task))"""
 
+VECTORS_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {VECTORS} (
+    text_hash TEXT PRIMARY KEY,    -- the text's sha256 under the embedder's own (embed.FILES)
+    vector BLOB NOT NULL,          -- float32, exactly as computed
+    created REAL NOT NULL)"""
+READ_AT_ONCE = 500                 # texts per query (SQLite limits a statement's parameters)
+
 
 class ExampleStore:
     """Labeled rows per (model, task) in the result cache's file. Failures behave as the
@@ -61,6 +74,7 @@ class ExampleStore:
                         db.execute(ADD_DRAWN)
                     db.execute(INDEX)
                     db.execute(SHARES_SCHEMA)
+                    db.execute(VECTORS_SCHEMA)
             except sqlite3.Error as e:
                 self.cache.failed(f"cannot create the proxy's examples in {self.cache.path} ({e})")
             self._ready.db = db
@@ -128,9 +142,46 @@ class ExampleStore:
             return None
         return None if row is None else row[0]
 
+    def vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The kept embedder vectors of those texts that have one."""
+        db = self._db()
+        if db is None or not texts:
+            return {}
+        hashes = {_text_hash(t): t for t in texts}
+        found = {}
+        try:
+            for i in range(0, len(hashes), READ_AT_ONCE):
+                part = list(hashes)[i:i + READ_AT_ONCE]
+                for text_hash, blob in db.execute(f"SELECT text_hash, vector FROM {VECTORS} WHERE text_hash IN "
+                                                  f"({', '.join('?' * len(part))})", part):
+                    found[hashes[text_hash]] = np.frombuffer(blob, dtype=np.float32)
+        except sqlite3.Error:
+            return {}
+        return found
+
+    def keep_vectors(self, vectors: dict[str, np.ndarray]) -> None:
+        db = self._db()
+        if db is None or not vectors or not self.cache.writable:
+            return
+        now = time.time()
+        try:
+            with db:
+                db.executemany(f"INSERT OR IGNORE INTO {VECTORS} VALUES (?, ?, ?)",
+                               [(_text_hash(t), np.asarray(v, dtype=np.float32).tobytes(), now)
+                                for t, v in vectors.items()])
+        except sqlite3.Error as e:
+            self.cache.failed(f"cannot write the proxy's vectors to {self.cache.path} ({e})")
+
     def count(self) -> int:
         db = self._db()
         try:
             return db.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] if db else 0
         except sqlite3.Error:
             return 0
+
+
+def _text_hash(text: str) -> str:
+    from duckllm.runtime.embed import FILES
+    h = hashlib.sha256(FILES["model.safetensors"].encode())
+    h.update(text.encode("utf-8", errors="surrogatepass"))
+    return h.hexdigest()

@@ -70,7 +70,8 @@ _limit = threading.Lock()
 _users = 0
 _limiter = None
 # A query embeds the examples stored before it once; the next query in the process finds them
-# here (1.5 KB each; the oldest go first). A text's vector is the same whenever it is computed.
+# here (1.5 KB each; the oldest go first), a new process beside the examples (examples.py). A
+# text's vector is the same whenever it is computed.
 KEEP_EMBEDDED = 50_000
 _embedded: dict[str, np.ndarray] = {}
 
@@ -94,6 +95,20 @@ def _one_blas_thread():
                 _limiter.restore_original_limits()
 
 
+def embedded(texts: list[str]) -> dict[str, np.ndarray]:
+    """The vectors this process holds for those texts."""
+    with _limit:
+        return {t: _embedded[t] for t in texts if t in _embedded}
+
+
+def remember(vectors: dict[str, np.ndarray]) -> None:
+    """Vectors computed before (kept beside the proxy's examples), used instead of embedding again."""
+    with _limit:
+        _embedded.update(vectors)
+        while len(_embedded) > KEEP_EMBEDDED:
+            del _embedded[next(iter(_embedded))]
+
+
 def embedding_features(texts: list[str]) -> sparse.csr_matrix:
     """duckllm's sentence embedder (all-MiniLM-L6-v2), each text alone on one BLAS thread: a
     batch's shape, and the number of threads splitting a product, each move the last bits of a
@@ -101,20 +116,16 @@ def embedding_features(texts: list[str]) -> sparse.csr_matrix:
     padded batch or several threads spinning on small products; the texts are shared among the
     cores instead (docs/proxy.md)."""
     from duckllm.runtime.embed import DIM, default_embedder
-    embedder = default_embedder()
     if not texts:
         return sparse.csr_matrix((0, DIM), dtype=np.float32)
-    with _limit:
-        vectors = {t: _embedded[t] for t in texts if t in _embedded}
+    vectors = embedded(texts)
     missing = [t for t in dict.fromkeys(texts) if t not in vectors]
     if missing:
+        embedder = default_embedder()
         with _one_blas_thread(), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             new = dict(zip(missing, pool.map(lambda text: embedder.encode([text])[0], missing)))
         vectors.update(new)
-        with _limit:
-            _embedded.update(new)
-            while len(_embedded) > KEEP_EMBEDDED:
-                del _embedded[next(iter(_embedded))]
+        remember(new)
     return sparse.csr_matrix(np.vstack([vectors[t] for t in texts]))
 
 
@@ -124,3 +135,4 @@ def text_and_embedding_features(texts: list[str]) -> sparse.csr_matrix:
 
 FEATURES = {"text": text_features, "pair": pair_features,
             "embedding": embedding_features, "text+embedding": text_and_embedding_features}
+EMBEDS = {"embedding", "text+embedding"}     # the features whose vectors are kept beside the examples
