@@ -188,7 +188,8 @@ def replay(column: Column, task, warmup: int = 0, learning: str = "query", store
     models.register("replay", lambda settings: runtime)
     task = dataclasses.replace(task, model="replay")
     with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(Settings.from_env(model="replay", progress=False), cache=ResultCache(Path(tmp) / "cache.sqlite"))
+        engine = Engine(Settings.from_env(model="replay", progress=False),
+                        cache=ResultCache(Path(tmp) / "cache.sqlite"))
         if stored:
             identity = engine.model("replay").identity
             ExampleStore(engine.cache).add(identity, task.key, [
@@ -243,8 +244,8 @@ def cascade_table(columns, model, targets, features) -> None:
             for learning, kind in [(learning, kind) for kind in features for learning in ("query", "free")]:
                 run = replay(column, task_for(column, model, target, features=kind), learning=learning)
                 s = summary(column, run.results, run.cpu)
-                rows.append([column.name, target, f"{learning} {kind}", s["rows"], s["proxy"], s["share"], s["agreement"],
-                             s["accuracy_model"], s["accuracy"], s["proxy_rows_per_s"], s["speedup"]])
+                rows.append([column.name, target, f"{learning} {kind}", s["rows"], s["proxy"], s["share"],
+                             s["agreement"], s["accuracy_model"], s["accuracy"], s["proxy_rows_per_s"], s["speedup"]])
     table("(1) the proxy on the model's answers, replayed in 2,048-row chunks: 'query' learns from the "
           "examples stored when the query began and the chunk's own sample (several DuckDB threads); 'free' "
           "from every answer stored so far, the chunks before it included (one thread: SET threads = 1)",
@@ -264,7 +265,8 @@ def seeds_table(columns, model, targets, seeds, features) -> None:
                 agreements.append(s["agreement"])
             answered = [a for a in agreements if not math.isnan(a)]
             below = sum(a < target for a in answered)
-            rows.append([column.name, target, learning, seeds, len(answered), below, min(answered, default=float("nan")),
+            rows.append([column.name, target, learning, seeds, len(answered), below,
+                         min(answered, default=float("nan")),
                          statistics.mean(answered) if answered else float("nan"), statistics.mean(shares)])
     table("(2) over seeds (which rows are sampled): runs in which the proxy answered, and in how many of "
           "those its agreement with the model fell below the target (the stated confidence allows 5%)",
@@ -364,11 +366,12 @@ def projection(columns, model, targets, total: int, features: str, curves: dict)
             alone = total * column.model_s_per_row
             rows.append([column.name, target, shares[1] if len(shares) > 1 else shares[0], shares[-1],
                          alone / 3600, seconds / 3600, alone / seconds, GPU_ROWS_PER_S * per_row_proxy])
+    rates = ", ".join(f"{c.name} {1 / c.model_s_per_row:.2f} rows/s" for c in columns)
     table(f"(5) a {total:,}-row column like it, one DuckDB thread, {features} features: each chunk at the learning "
-          f"curve's share for the drawn rows stored by then (model {', '.join(f'{c.name} {1 / c.model_s_per_row:.2f} rows/s' for c in columns)}); "
+          f"curve's share for the drawn rows stored by then (model {rates}); "
           f"the last column: the proxy's CPU seconds per second of a GPU model at {GPU_ROWS_PER_S} rows/s",
-          ["dataset", "target", "share 2nd chunk", "share last", "model alone h", "cascade h", "x", "proxy s per GPU s"],
-          rows)
+          ["dataset", "target", "share 2nd chunk", "share last", "model alone h", "cascade h", "x",
+           "proxy s per GPU s"], rows)
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ fold gets a model trained on the other folds, and a new row is scored by the mod
 its own hash falls in: so a new row and a held-out row of its fold are scored alike, and what
 the held-out rows show (how often the proxy agrees with the model above a score) carries over
 to the new rows. It carries over from the drawn rows only (a random sample, as the new rows
-are); the others (rows the proxy was unsure of) are trained on but do not speak for new rows. Training is deterministic: rows in a fixed order, fixed seeds.
+are); the others (rows the proxy was unsure of) are trained on but do not speak for new rows.
+Training is deterministic: rows in a fixed order, fixed seeds.
 """
 from __future__ import annotations
 
