@@ -2,13 +2,15 @@
 bench/proxy_answers.py: how many rows it takes at each agreement target, how often it agrees with
 the model there, what that does to accuracy, and what it costs, all in one run.
 
-    python bench/proxy.py --datasets ag_news,sms_spam --targets 0.9,0.95,0.99 --seeds 10
+    python bench/proxy.py --datasets ag_news --features embedding,text --model-rows 500
 
 The saved rows are a random sample of the column in a random order. They are replayed through
 duckllm's engine, in chunks of 2,048 rows as DuckDB hands them over, by a runtime that answers each
 row with the model's saved answer: the proxy's every step (sampling, training, the bound, the
-example store) is the production code, and only the model's time is taken from the saved
-answers' own measurement instead of spent again. --answers gold replays the gold labels instead,
+example store) is the production code, and only the model's time is not spent again: it is
+measured on a sample of the same column in the same run (--model-rows 500), as is the
+embedder's. Speed-ups are wall time on this machine: the model's rows, plus the cascade's own
+work. --answers gold replays the gold labels instead,
 a stand-in for a model's answers on the whole column (the proxy's cost and learning curve at a
 scale no CPU model run here reaches).
 
@@ -42,6 +44,7 @@ from duckllm.engine.cache import ResultCache, key_of
 from duckllm.engine.stats import STATS
 from duckllm.prompt_format import FORMATS
 from duckllm.proxy import cascade, classifier, sampling
+from duckllm.proxy import features as proxy_features
 from duckllm.proxy.examples import ExampleStore
 from duckllm.proxy.features import FEATURES
 from duckllm.runtime import Answer, Choice, Usage
@@ -111,12 +114,13 @@ def task_for(column: Column, model: str, target: float, seed: int = 0, features:
 
 class Memo:
     """Features computed once per text for the whole run: the bench replays a column many times,
-    so each replay's feature time is taken from the first computation (cpu_per_row) instead."""
+    so each replay's feature time is taken from a measurement in this run (seconds_per_row:
+    wall seconds on this machine's cores, as the engine spends them) instead."""
 
     def __init__(self):
         self.rows: dict[str, dict[str, int]] = {}
         self.X: dict[str, object] = {}
-        self.cpu_per_row: dict[str, float] = {}
+        self.seconds_per_row: dict[str, float] = {}
 
     def prepare(self, name: str, texts: list[str]) -> None:
         if name in self.X:
@@ -125,13 +129,14 @@ class Memo:
             self.prepare("text", texts)
             self.prepare("embedding", texts)
             self.X[name] = sparse.hstack([self.X["text"], self.X["embedding"]], format="csr")
-            self.cpu_per_row[name] = self.cpu_per_row["text"] + self.cpu_per_row["embedding"]
+            self.seconds_per_row[name] = self.seconds_per_row["text"] + self.seconds_per_row["embedding"]
         elif name == "embedding":       # slow here: kept on disk (bench/out/proxy/embeddings)
-            self.X[name], self.cpu_per_row[name] = _embeddings(texts)
+            self.X[name] = _embeddings(texts)
+            self.seconds_per_row[name] = _embedder_seconds_per_row(texts)
         else:
-            cpu = time.process_time()
+            wall = time.perf_counter()
             self.X[name] = ORIGINAL[name](texts)
-            self.cpu_per_row[name] = (time.process_time() - cpu) / len(texts)
+            self.seconds_per_row[name] = (time.perf_counter() - wall) / len(texts)
         self.rows[name] = {t: i for i, t in enumerate(texts)}
 
     def install(self) -> None:
@@ -142,27 +147,35 @@ class Memo:
         return lambda texts: self.X[name][[self.rows[name][t] for t in texts]]
 
 
+TIMED_ROWS = 300     # texts embedded afresh to time the embedder in this run
+
+
+def _embedder_seconds_per_row(texts: list[str]) -> float:
+    """The embedder's wall seconds per text here and now, as the proxy runs it (all cores)."""
+    sample = texts[-TIMED_ROWS:]
+    ORIGINAL["embedding"](sample[:10])          # loads the embedder
+    proxy_features._embedded.clear()
+    wall = time.perf_counter()
+    ORIGINAL["embedding"](sample)
+    return (time.perf_counter() - wall) / len(sample)
+
+
 def _embeddings(texts: list[str]):
-    """The texts' embeddings and the CPU seconds one takes; each text's computed once and kept
-    on disk (bench/out/proxy/embeddings/*.npz), as the embedder is slow on this machine."""
+    """The texts' embeddings, each computed once and kept on disk
+    (bench/out/proxy/embeddings/*.npz), as the embedder is slow on this machine."""
     folder = proxy_answers.OUT / "embeddings"
-    known, costs = {}, []
+    known = {}
     for path in sorted(folder.glob("*.npz")):
         saved = np.load(path, allow_pickle=False)
         known.update(zip(saved["texts"].tolist(), saved["vectors"]))
-        costs.append((len(saved["texts"]), float(saved["cpu_per_row"])))
     missing = sorted(set(texts) - set(known))
     if missing:
-        cpu = time.process_time()
         vectors = ORIGINAL["embedding"](missing).toarray()
-        cpu_per_row = (time.process_time() - cpu) / len(missing)
         folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256("\x00".join(missing).encode()).hexdigest()[:16]
-        np.savez(folder / f"{digest}.npz", texts=np.array(missing), vectors=vectors, cpu_per_row=cpu_per_row)
+        np.savez(folder / f"{digest}.npz", texts=np.array(missing), vectors=vectors)
         known.update(zip(missing, vectors))
-        costs.append((len(missing), cpu_per_row))
-    per_row = sum(n * c for n, c in costs) / sum(n for n, _ in costs)
-    return sparse.csr_matrix(np.vstack([known[t] for t in texts])), per_row
+    return sparse.csr_matrix(np.vstack([known[t] for t in texts]))
 
 
 MEMO = Memo()
@@ -172,7 +185,7 @@ ORIGINAL = dict(FEATURES)
 @dataclasses.dataclass
 class Replayed:
     results: list[dict]
-    cpu: float              # CPU seconds, the features' included
+    seconds: float          # the cascade's own wall time, with the features' at the rate measured
     drawn: list[int]        # drawn examples stored after each chunk
 
 
@@ -195,7 +208,7 @@ def replay(column: Column, task, warmup: int = 0, learning: str = "query", store
             ExampleStore(engine.cache).add(identity, task.key, [
                 (key_of(identity, task.key, t), t, m, True) for t, m in zip(column.texts[:stored], column.model)])
         STATS.reset()
-        cpu = time.process_time()
+        wall = time.perf_counter()
         results, drawn = [], []
         db = engine.cache.connection()
         end = len(column.texts) if rows is None else min(len(column.texts), stored + rows)
@@ -204,22 +217,24 @@ def replay(column: Column, task, warmup: int = 0, learning: str = "query", store
                 results += engine.run(task, column.texts[start:min(start + CHUNK, stop)],
                                       query=None if learning == "free" else f"bench {query}")
                 drawn.append(db.execute("SELECT count(*) FROM proxy_examples WHERE drawn = 1").fetchone()[0])
-        # features were memoised: add what computing them once per row costs
-        extra = MEMO.cpu_per_row.get(task.agreement.features, 0.0) * (end - stored)
-        return Replayed(results, time.process_time() - cpu + extra, drawn)
+        # features were memoised: add what computing them once per row takes
+        extra = MEMO.seconds_per_row.get(task.agreement.features, 0.0) * (end - stored)
+        return Replayed(results, time.perf_counter() - wall + extra, drawn)
 
 
-def summary(column: Column, results: list[dict], cpu: float) -> dict:
+def summary(column: Column, results: list[dict], seconds: float) -> dict:
+    """Share, agreement and accuracy; speed from the model's measured rate and the cascade's
+    own seconds (the proxy's work: features, training, the bound, the example store)."""
     by = np.array([r["answered_by"] for r in results])
     labels = np.array([r["label"] for r in results], dtype=object)
     model, gold = np.array(column.model, dtype=object), np.array(column.gold, dtype=object)
     proxied = by == "proxy"
     n, p = len(results), int(proxied.sum())
-    model_time = (n - p) * column.model_s_per_row + cpu
+    model_time = (n - p) * column.model_s_per_row + seconds
     return {"rows": n, "proxy": p, "share": p / n,
             "agreement": float((labels[proxied] == model[proxied]).mean()) if p else float("nan"),
             "accuracy_model": float((model == gold).mean()), "accuracy": float((labels == gold).mean()),
-            "proxy_rows_per_s": n / cpu if cpu else float("inf"),
+            "proxy_rows_per_s": n / seconds if seconds else float("inf"),
             "speedup": n * column.model_s_per_row / model_time if model_time else float("nan")}
 
 
@@ -243,14 +258,14 @@ def cascade_table(columns, model, targets, features) -> None:
         for target in targets:
             for learning, kind in [(learning, kind) for kind in features for learning in ("query", "free")]:
                 run = replay(column, task_for(column, model, target, features=kind), learning=learning)
-                s = summary(column, run.results, run.cpu)
+                s = summary(column, run.results, run.seconds)
                 rows.append([column.name, target, f"{learning} {kind}", s["rows"], s["proxy"], s["share"],
                              s["agreement"], s["accuracy_model"], s["accuracy"], s["proxy_rows_per_s"], s["speedup"]])
     table("(1) the proxy on the model's answers, replayed in 2,048-row chunks: 'query' learns from the "
           "examples stored when the query began and the chunk's own sample (several DuckDB threads); 'free' "
           "from every answer stored so far, the chunks before it included (one thread: SET threads = 1)",
           ["dataset", "target", "learning features", "rows", "proxy rows", "share", "agreement", "acc model",
-           "acc cascade", "proxy rows/s (cpu)", "x model alone"], rows)
+           "acc cascade", "proxy rows/s", "x model alone"], rows)
 
 
 def seeds_table(columns, model, targets, seeds, features) -> None:
@@ -260,7 +275,7 @@ def seeds_table(columns, model, targets, seeds, features) -> None:
             agreements, shares = [], []
             for seed in range(seeds):
                 run = replay(column, task_for(column, model, target, seed=seed, features=features), learning=learning)
-                s = summary(column, run.results, run.cpu)
+                s = summary(column, run.results, run.seconds)
                 shares.append(s["share"])
                 agreements.append(s["agreement"])
             answered = [a for a in agreements if not math.isnan(a)]
@@ -305,17 +320,17 @@ def features_table(columns, n_train: int, target: float) -> None:
         folds = np.array([sampling.fold(key, t, classifier.FOLDS) for t in column.texts])
         for name in ("text", "embedding", "text+embedding"):
             X = FEATURES[name](column.texts)
-            cpu = time.process_time()
+            wall = time.perf_counter()
             fitted = classifier.fit(X[:n], column.model[:n], folds[:n], np.ones(n, bool), target, 0.05)
             labels, scores = fitted.scores(X[n:], folds[n:])
-            cpu = time.process_time() - cpu + MEMO.cpu_per_row[name] * len(column.texts)
+            seconds = time.perf_counter() - wall + MEMO.seconds_per_row[name] * len(column.texts)
             agree = np.array(labels, dtype=object) == np.array(column.model[n:], dtype=object)
             above = scores >= fitted.threshold if fitted.threshold is not None else np.zeros(len(scores), bool)
             rows.append([column.name, name, n, float(agree.mean()), float(above.mean()),
                          float(agree[above].mean()) if above.any() else float("nan"),
-                         1 / MEMO.cpu_per_row[name], len(column.texts) / cpu])
+                         1 / MEMO.seconds_per_row[name], len(column.texts) / seconds])
     table(f"(4) features: the proxy's agreement with the model on new rows after {n_train} answers, the share "
-          f"it takes at {target}, and its cost (CPU time: features alone, and features + training on "
+          f"it takes at {target}, and its cost (rows per wall second: features alone, and features + training on "
           f"{n_train} + prediction for the column)",
           ["dataset", "features", "trained on", "agreement", f"share {target}", "agreement there",
            "features rows/s", "all rows/s"], rows)
@@ -329,7 +344,7 @@ def warmup_table(columns, model, targets, warmups, features) -> None:
                 if warmup >= len(column.texts) // 2:
                     continue
                 run = replay(column, task_for(column, model, target, features=features), warmup)
-                s = summary(column, run.results, run.cpu)
+                s = summary(column, run.results, run.seconds)
                 rest = [r["answered_by"] == "proxy" for r in run.results[warmup:]]
                 rows.append([column.name, target, warmup, s["rows"], sum(rest) / len(rest), s["share"],
                              s["agreement"], s["accuracy"], s["speedup"]])
@@ -353,7 +368,7 @@ def projection(columns, model, targets, total: int, features: str, curves: dict)
             run = replay(column, task_for(column, model, target, features=features), learning="free")
             first = run.results[:CHUNK]
             drawn = run.drawn[0]        # the first call's sample
-            per_row_proxy = run.cpu / len(run.results)
+            per_row_proxy = run.seconds / len(run.results)
             seconds, done, shares = 0.0, 0, []
             while done < total:
                 n = min(CHUNK, total - done)
@@ -369,9 +384,22 @@ def projection(columns, model, targets, total: int, features: str, curves: dict)
     rates = ", ".join(f"{c.name} {1 / c.model_s_per_row:.2f} rows/s" for c in columns)
     table(f"(5) a {total:,}-row column like it, one DuckDB thread, {features} features: each chunk at the learning "
           f"curve's share for the drawn rows stored by then (model {rates}); "
-          f"the last column: the proxy's CPU seconds per second of a GPU model at {GPU_ROWS_PER_S} rows/s",
+          f"the last column: the proxy's seconds here (2 cores) per second of a GPU model at {GPU_ROWS_PER_S} rows/s",
           ["dataset", "target", "share 2nd chunk", "share last", "model alone h", "cascade h", "x",
            "proxy s per GPU s"], rows)
+
+
+def model_seconds_per_row(column: Column, model: str, rows: int) -> float:
+    """The model alone, here and now: `rows` rows of the column (its saved order is random) in
+    one call, as DuckDB hands a chunk over, the result cache off. A one-row call first loads the
+    model and evaluates the shared prompt, as a long query's first chunk does once."""
+    engine = Engine(Settings.from_env(model=model, progress=False))
+    task = proxy_answers.task_for(column.name, column.labels, model)
+    sample = column.texts[-rows:]
+    engine.run(task, sample[:1], use_cache=False)
+    wall = time.perf_counter()
+    engine.run(task, sample[1:], use_cache=False)
+    return (time.perf_counter() - wall) / (len(sample) - 1)
 
 
 def main() -> None:
@@ -381,6 +409,8 @@ def main() -> None:
     parser.add_argument("--targets", default="0.9,0.95,0.99")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--model-rows-per-s", type=float, help="instead of the rate measured when saving")
+    parser.add_argument("--model-rows", type=int, default=0,
+                        help="measure the model alone on this many of the column's rows first (500: minutes)")
     parser.add_argument("--projection", type=int, default=100_000)
     parser.add_argument("--skip", default="", help="tables to leave out, e.g. 2,4")
     parser.add_argument("--features", default="text,text+embedding",
@@ -389,7 +419,9 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     columns = [load(args.suite, name, args.model, args.answers, args.rows) for name in args.datasets.split(",")]
     for c in columns:
-        if args.model_rows_per_s:
+        if args.model_rows:
+            c.model_s_per_row = model_seconds_per_row(c, args.model, args.model_rows)
+        elif args.model_rows_per_s:
             c.model_s_per_row = 1 / args.model_rows_per_s
         print(f"{c.name}: {len(c.texts):,} rows ({args.answers} answers), model accuracy "
               f"{np.mean(np.array(c.model) == np.array(c.gold)):.3f}, model {1 / c.model_s_per_row:.2f} rows/s")
