@@ -148,7 +148,7 @@ class Cascade:
 
         def model(texts: list[str], note: str | None, answers: dict | None = None, drawn: bool = False) -> None:
             """The model answers texts; each answer is delivered and kept as it finishes (drawn:
-            the texts are the call's sample, not rows the proxy referred)."""
+            the texts are the call's sample, or all of its rows left, not rows the proxy chose)."""
             def done(text: str, result: dict) -> None:
                 label = spec.label_of(result)
                 if answers is not None:
@@ -209,11 +209,11 @@ class Cascade:
         if fitted.threshold is None:
             settle([])
             model(rest, NOT_REACHED.format(n=f"{fitted.held_out:,}", target=spec.target,
-                                           confidence=spec.confidence))
+                                           confidence=spec.confidence), drawn=True)
             return
         if before.keys and _drifted(fitted, len(before.keys), spec):
             settle([])
-            model(rest, DRIFTED.format(target=spec.target))
+            model(rest, DRIFTED.format(target=spec.target), drawn=True)
             return
 
         labels, scores = fitted.scores(featurize(rest), np.array([sampling.fold(hash_key, t, classifier.FOLDS)

@@ -11,8 +11,9 @@ The sentence embedder's vectors of the examples are kept too (a text's vector is
 features.py): a new process, a dbt run say, reads them instead of embedding every stored example
 again (about 130 a second here).
 
-Each row says whether the model answered it because its sample draw picked it (`drawn`: a random
-row of its call) or for another reason (the proxy was unsure of it, or the cache held it). The
+Each row says whether the model answered it whatever the proxy thought of it (`drawn`: its
+sample draw picked it, or its call sent all its rows to the model: a random row of its call) or
+because the proxy chose so (it was unsure of it), or the cache held it. The
 proxy trains on both, but checks its agreement on drawn rows only: the rows it was unsure of are
 its hardest, and would make the check speak for rows unlike the ones it is about to answer.
 """
