@@ -54,7 +54,7 @@ class _Labeled:
     keys: list[str]
     texts: list[str]
     labels: list[str]
-    drawn: list[bool]               # sent to the model by the sample draw (examples.py)
+    drawn: list[bool]               # answered whatever the proxy thought of it (examples.py)
     X: sparse.csr_matrix | None
 
 

@@ -13,9 +13,9 @@ again (about 130 a second here).
 
 Each row says whether the model answered it whatever the proxy thought of it (`drawn`: its
 sample draw picked it, or its call sent all its rows to the model: a random row of its call) or
-because the proxy chose so (it was unsure of it), or the cache held it. The
-proxy trains on both, but checks its agreement on drawn rows only: the rows it was unsure of are
-its hardest, and would make the check speak for rows unlike the ones it is about to answer.
+because the proxy chose so (it was unsure of it), or the cache held it. The proxy trains on
+both, but checks its agreement on drawn rows only: the rows it was unsure of are its hardest,
+and would make the check speak for rows unlike the ones it is about to answer.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     text TEXT NOT NULL,
     label TEXT NOT NULL,
     created REAL NOT NULL,
-    drawn INTEGER NOT NULL DEFAULT 0)   -- 1: sent to the model by its sample draw (see above)"""
+    drawn INTEGER NOT NULL DEFAULT 0)   -- 1: answered whatever the proxy thought of it (see above)"""
 # a table written before `drawn` existed gets it, its rows counted as not drawn: training rows only
 ADD_DRAWN = f"ALTER TABLE {TABLE} ADD COLUMN drawn INTEGER NOT NULL DEFAULT 0"
 INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_task ON {TABLE} (model, task)"
@@ -71,8 +71,7 @@ class ExampleStore:
             try:
                 if self.cache.writable:
                     db.execute(SCHEMA)
-                    if "drawn" not in {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}:
-                        db.execute(ADD_DRAWN)
+                    _add_drawn(db)
                     db.execute(INDEX)
                     db.execute(SHARES_SCHEMA)
                     db.execute(VECTORS_SCHEMA)
@@ -186,3 +185,14 @@ def _text_hash(text: str) -> str:
     h = hashlib.sha256(FILES["model.safetensors"].encode())
     h.update(text.encode("utf-8", errors="surrogatepass"))
     return h.hexdigest()
+
+
+def _add_drawn(db: sqlite3.Connection) -> None:
+    """Give an older table its `drawn` column; another process may be doing the same."""
+    if "drawn" in {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}:
+        return
+    try:
+        db.execute(ADD_DRAWN)
+    except sqlite3.OperationalError as e:
+        if "duplicate column" not in str(e):
+            raise
