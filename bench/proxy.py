@@ -47,9 +47,9 @@ from duckllm.proxy import cascade, classifier, sampling
 from duckllm.proxy import features as proxy_features
 from duckllm.proxy.examples import ExampleStore
 from duckllm.proxy.features import FEATURES
-from duckllm.runtime import Answer, Choice, Usage
+from duckllm.runtime import Answer, Choice, Usage, embed
 from duckllm.settings import Settings
-from duckllm.store import catalog
+from duckllm.store import ModelStore, catalog
 
 CHUNK = 2048            # DuckDB's vector size: the rows one UDF call gets
 GPU_ROWS_PER_S = 300    # the default model's class on the H200 (docs/gpu.md), for the cost beside it
@@ -153,6 +153,7 @@ TIMED_ROWS = 300     # texts embedded afresh to time the embedder in this run
 def _embedder_seconds_per_row(texts: list[str]) -> float:
     """The embedder's wall seconds per text here and now, as the proxy runs it (all cores)."""
     sample = texts[-TIMED_ROWS:]
+    embed.keep_in(ModelStore(Settings.from_env().home))
     ORIGINAL["embedding"](sample[:10])          # loads the embedder
     proxy_features._embedded.clear()
     wall = time.perf_counter()
@@ -240,6 +241,9 @@ def summary(column: Column, results: list[dict], seconds: float) -> dict:
 
 def table(title: str, header: list[str], rows: list[list]) -> None:
     print(f"\n{title}")
+    if not rows:
+        print("(no rows)")
+        return
     widths = [max(len(str(h)), *(len(_fmt(r[i])) for r in rows)) for i, h in enumerate(header)]
     print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
     for r in rows:
@@ -290,12 +294,12 @@ def seeds_table(columns, model, targets, seeds, features) -> None:
 
 
 def learning_curve(columns, model, targets, steps, features) -> dict:
-    """The share of a 2,048-row call the proxy takes when n of the model's answers are stored
-    (all drawn), its 5% audit included. Returns {(column, target): [(n, share), ...]}."""
+    """The share of a 2,048-row call (or of the column's rows left) the proxy takes when n of the
+    model's answers are stored (all drawn), its 5% audit included. Returns {(column, target): [(n, share), ...]}."""
     rows, curves = [], {}
     for column in columns:
         for n in steps:
-            if n + CHUNK > len(column.texts):
+            if n + min(CHUNK, len(column.texts) // 2) > len(column.texts):
                 break
             row = [column.name, n]
             for target in targets:
