@@ -295,9 +295,14 @@ def seeds_table(columns, model, targets, seeds, features) -> None:
 
 def learning_curve(columns, model, targets, steps, features) -> dict:
     """The share of a 2,048-row call (or of the column's rows left) the proxy takes when n of the
-    model's answers are stored (all drawn), its 5% audit included. Returns {(column, target): [(n, share), ...]}."""
+    model's answers are stored (all drawn), its 5% audit included; beside it, the ceiling: the
+    share the same classifier, trained on the n answers, could take at the target if the best
+    threshold for the call's rows were known. Returns {(column, target): [(n, share), ...]}."""
     rows, curves = [], {}
+    key = sampling.key_of(0)
     for column in columns:
+        X = FEATURES[features](column.texts)
+        folds = np.array([sampling.fold(key, t, classifier.FOLDS) for t in column.texts])
         for n in steps:
             if n + min(CHUNK, len(column.texts) // 2) > len(column.texts):
                 break
@@ -308,12 +313,26 @@ def learning_curve(columns, model, targets, steps, features) -> dict:
                 s = summary(dataclasses.replace(column, texts=column.texts[part], gold=column.gold[part],
                                                 model=column.model[part]), run.results, 0.0)
                 curves.setdefault((column.name, target), []).append((n, s["share"]))
-                row += [s["share"], s["agreement"]]
+                row += [s["share"], s["agreement"], _ceiling(X, column.model, folds, n, part, target)]
             rows.append(row)
     table("(3) learning curve: the share of a 2,048-row call the proxy takes, and its agreement there, with n of "
-          f"the model's answers stored ({features} features; the call's 5% audit included)",
-          ["dataset", "n answers", *[f"{h} {t}" for t in targets for h in ("share", "agree")]], rows)
+          f"the model's answers stored ({features} features; the call's 5% audit included); 'best': the share "
+          "the best threshold for the call's rows would take, known in hindsight",
+          ["dataset", "n answers", *[f"{h} {t}" for t in targets for h in ("share", "agree", "best")]], rows)
     return curves
+
+
+def _ceiling(X, answers: list[str], folds, n: int, part: slice, target: float) -> float:
+    """The most of the rows in `part` a proxy trained on the first n answers could take with
+    agreement >= target: its highest-scoring rows, as many as keep the agreement."""
+    if n == 0:      # nothing to train on before the call's own sample
+        return float("nan")
+    fitted = classifier.fit(X[:n], answers[:n], folds[:n], np.ones(n, bool), target, 0.05)
+    labels, scores = fitted.scores(X[part], folds[part])
+    agreed = np.array(labels, dtype=object) == np.array(answers[part], dtype=object)
+    agreed = agreed[np.argsort(-scores, kind="stable")]
+    fine = np.flatnonzero(np.cumsum(agreed) >= target * np.arange(1, len(agreed) + 1))
+    return (fine.max() + 1) / len(agreed) if len(fine) else 0.0
 
 
 def features_table(columns, n_train: int, target: float) -> None:
