@@ -240,6 +240,30 @@ def test_the_threshold_is_chosen_on_drawn_rows_alone():
     assert classifier.fit(X, labels, folds, np.ones(1200, bool), 0.9, 0.05).threshold != fitted.threshold
 
 
+def test_a_long_columns_training_is_bounded_and_the_same_rows_train_it_in_any_order(monkeypatch):
+    """Each call trains again: past TRAIN_CELLS (rows x labels) the rows of lowest rank train it,
+    so a call's cost stops growing with the stored examples; the rest are held out like any."""
+    monkeypatch.setattr(classifier, "TRAIN_CELLS", 3 * 300)       # the fake answers 3 labels: 300 rows
+    trained = []
+    real = classifier._estimator
+
+    class Recording:
+        def fit(self, X, y):
+            trained.append(frozenset(X[i].indices.tobytes() + X[i].data.tobytes() for i in range(X.shape[0])))
+            return real().fit(X, y)
+    monkeypatch.setattr(classifier, "_estimator", Recording)
+    key = sampling.key_of(0)
+    texts = column(1200)
+    for order in (texts, texts[::-1]):
+        X = features.text_features(order)
+        folds = np.array([sampling.fold(key, t, classifier.FOLDS) for t in order])
+        rank = np.array([sampling.rank(key, t) for t in order])
+        fitted = classifier.fit(X, [fake_answer(t) for t in order], folds, np.ones(1200, bool), 0.9, 0.05, rank)
+        assert fitted.held_out == 1200 and fitted.threshold is not None
+    assert all(len(rows) <= 300 for rows in trained)
+    assert sum(map(len, trained[:4])) == 3 * 300 and trained[:4] == trained[4:]   # each row in 3 of 4 folds
+
+
 def test_an_examples_table_from_before_drawn_existed_is_read_as_training_rows(tmp_path):
     import sqlite3
     cache = ResultCache(tmp_path / "old.sqlite")

@@ -202,7 +202,8 @@ class Cascade:
             if store:
                 self._keep_vectors(spec, [row[1] for row in own + sampled])
             folds = np.array([sampling.fold(hash_key, t, classifier.FOLDS) for t in pool.texts])
-            fitted = classifier.fit(pool.X, pool.labels, folds, pool.drawn, spec.target, _alpha(spec, look))
+            rank = np.array([sampling.rank(hash_key, t) for t in pool.texts])
+            fitted = classifier.fit(pool.X, pool.labels, folds, pool.drawn, spec.target, _alpha(spec, look), rank)
             if fitted.threshold is not None:
                 break
         rest = [t for t in todo if draws[t] >= rate]

@@ -10,6 +10,7 @@ Training is deterministic: rows in a fixed order, fixed seeds.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +20,20 @@ from sklearn.linear_model import SGDClassifier
 from duckllm.proxy import bound
 
 FOLDS = 4
+# Rows x labels one training may use: training costs about that, and a call with agreement
+# trains again, so a long column's growing examples must not make each call slower without
+# end. 500,000 is about 4 s on two cores here: every stored row for 4 labels up to 125,000
+# rows, 6,500 of them for 77 labels.
+TRAIN_CELLS = 500_000
 
 
 def _estimator() -> SGDClassifier:
-    # logistic loss gives probabilities; SGD fits 77 labels on thousands of rows in about a
-    # second, where lbfgs took minutes on this CPU, and ranks the rows as well (docs/proxy.md)
-    return SGDClassifier(loss="log_loss", alpha=1e-4, max_iter=15, tol=None, random_state=0)
+    # logistic loss gives probabilities; SGD fits 77 labels on thousands of rows in seconds,
+    # where lbfgs took minutes on sparse n-grams, and ranks the rows as well (docs/proxy.md).
+    # It fits one label against the rest at a time, each with its own seed drawn first, so
+    # fitting them on all cores gives the same model as on one.
+    return SGDClassifier(loss="log_loss", alpha=1e-4, max_iter=15, tol=None, random_state=0,
+                         n_jobs=os.cpu_count())
 
 
 class _Constant:
@@ -84,14 +93,20 @@ def _aligned(model, X, classes: list[str]) -> np.ndarray:
     return full
 
 
-def fit(X, labels: list[str], folds: np.ndarray, drawn: np.ndarray, target: float, alpha: float) -> Fitted:
-    """Cross-fit on all labeled rows, then calibrate and choose the threshold on the held-out
-    scores of the drawn ones."""
+def fit(X, labels: list[str], folds: np.ndarray, drawn: np.ndarray, target: float, alpha: float,
+        rank: np.ndarray | None = None) -> Fitted:
+    """Cross-fit on the labeled rows (those of lowest rank when there are more than TRAIN_CELLS
+    allows), then calibrate and choose the threshold on the held-out scores of the drawn ones.
+    A row no fold trained on is held out from all of them, and scored as any other."""
     classes = sorted(set(labels))
     y = np.asarray(labels, dtype=object)
+    trainable = np.ones(len(y), dtype=bool)
+    most = TRAIN_CELLS // len(classes)
+    if rank is not None and len(y) > most:
+        trainable = rank <= np.sort(rank)[most - 1]
     models = []
     for k in range(FOLDS):
-        train = folds != k
+        train = (folds != k) & trainable
         seen = sorted(set(y[train]))
         if len(seen) == 0:
             models.append(_Constant(classes[0], classes))

@@ -25,6 +25,14 @@ def draw(key: bytes, text: str) -> float:
     return int.from_bytes(_digest(key, text)[:8], "big") / 2.0 ** 64
 
 
+def rank(key: bytes, text: str) -> float:
+    """A uniform number in [0, 1), apart from the draw and the fold: which stored rows train the
+    proxy when there are more than it can train on (classifier.TRAIN_CELLS)."""
+    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), key=key, digest_size=8,
+                             person=b"train").digest()
+    return int.from_bytes(digest, "big") / 2.0 ** 64
+
+
 def fold(key: bytes, text: str, folds: int) -> int:
     """The cross-fitting fold of a labeled row, from bits of its hash the draw does not use."""
     return int.from_bytes(_digest(key, text)[8:], "big") % folds
