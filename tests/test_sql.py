@@ -5,6 +5,8 @@ import duckdb
 import pytest
 
 import duckllm
+from duckllm.engine.stats import STATS
+from duckllm.tasks import match
 
 
 def one(con, sql, *params):
@@ -115,3 +117,16 @@ def test_many_threads_and_cursors_at_once(fake_con):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors and counts == [5000] * 4
+
+
+def test_a_pair_written_in_python_is_the_text_sql_hands_llm_match(fake_con, fake_engine):
+    """The calibration and the benches write pairs in Python: they must share the SQL calls'
+    cached answers, so match.pair writes JSON as DuckDB's to_json does."""
+    pairs = [('Sony TV 40"', "Sony  tv"), ("Café \\ x", "a/b"), ("tab\there", "new\nline"),
+             ("emoji 😀", "é"), ("ctrl \x01", "x")]
+    fake_con.execute("CREATE TABLE p (a VARCHAR, b VARCHAR)")
+    fake_con.executemany("INSERT INTO p VALUES (?, ?)", pairs)
+    fake_con.execute("SELECT llm_match(a, b) FROM p").fetchall()
+    STATS.reset()
+    fake_engine.run(match.build(None, {"model": "fake"}), [match.pair(a, b) for a, b in pairs])   # as SQL names it
+    assert STATS.snapshot()["cache_hits"] == len(pairs)

@@ -42,8 +42,10 @@ SYSTEM = ("Decide whether the two records the user sends refer to the same real-
 
 
 def pair(a: str, b: str) -> str:
-    """How the SQL macro hands a pair to the UDF: one text, so dedup and cache key on the pair."""
-    return json.dumps([a, b], ensure_ascii=False)
+    """How the SQL macro hands a pair to the UDF: one text, so dedup and cache key on the pair.
+    Written as DuckDB's to_json writes it (no spaces, UTF-8 kept), so a pair from Python (the
+    calibration, the benches) and the same pair from SQL share their cached answers."""
+    return json.dumps([a, b], ensure_ascii=False, separators=(",", ":"))
 
 
 def render(text: str) -> Parts:
