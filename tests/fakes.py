@@ -80,6 +80,10 @@ class FakeRuntime:
     def prompt_speed():
         return 100.0
 
+    @staticmethod
+    def prefix_ready(prompt):
+        return False
+
 
 class SharedLetters:
     """A stand-in sentence embedder: the items most similar to a text are those sharing a letter

@@ -58,12 +58,28 @@ def test_explain_counts_what_the_model_is_fed(fake_con, fake_runtime, call, monk
 
 @pytest.mark.integration
 @pytest.mark.parametrize("call", FED)
-def test_explain_counts_exactly_what_the_small_model_is_fed(small_con, call):
+def test_explain_counts_exactly_what_the_small_model_is_fed(small_con, call, monkeypatch):
     """The real tokenizer, template and embedder (preselect, nearest): equal to the token."""
     con = with_tickets(small_con)
     con.execute("SET threads = 1")        # one engine call for the three rows, as explain plans them
-    counted, fed_ = fed(con, engine_of(con).runtime(SMALL_MODEL), call)
+    runtime = engine_of(con).runtime(SMALL_MODEL)
+    monkeypatch.setattr(runtime.scheduler, "prefix_states", None)   # the shared prompt evaluated: not loaded
+    runtime.scheduler.prefix = []                                     # ... nor held from an earlier call
+    counted, fed_ = fed(con, runtime, call)
     assert counted == fed_
+
+
+@pytest.mark.integration
+def test_explain_counts_no_shared_prompt_where_it_is_held_or_kept_on_disk(small_con, monkeypatch):
+    con = with_tickets(small_con)
+    runtime = engine_of(con).runtime(SMALL_MODEL)
+    con.execute(QUERY).fetchall()              # its shared prompt now held, and kept on disk
+    [held] = explain.explain(con, QUERY)
+    runtime.scheduler.prefix = []              # as in a new process: on disk only
+    [on_disk] = explain.explain(con, QUERY)
+    monkeypatch.setattr(runtime.scheduler, "prefix_states", None)
+    [evaluated] = explain.explain(con, QUERY)
+    assert held.prompt_tokens == on_disk.prompt_tokens < evaluated.prompt_tokens
 
 
 QUERY = f"SELECT llm_classify(t, {LABELS}).label FROM tickets"

@@ -145,7 +145,7 @@ class Engine:
             plan.blank += len(given) - len(keys)
             plan.cached |= cached
             plan.prompt_tokens += tokens
-            plan.prefix_tokens = shared
+            plan.prefix_tokens = 0 if runtime.prefix_ready(rows.prompt) else shared
             if task.agreement is not None:
                 plan.agreement, plan.proxy_share = True, share
             if rate:

@@ -21,6 +21,7 @@ class Plan:
     cached: set[str] = field(default_factory=set)     # those already in the result cache
     prompt_tokens: int = 0         # the rows' own tokens (their turns, text, chat tail) to compute
     prefix_tokens: int = 0         # the shared prompt, evaluated once when anything is computed
+                                   # (0 when it is held, or kept on disk, and so loaded)
     tokens_per_s: float = 0.0      # row-prompt tokens/s expected on this machine ...
     speed_source: str = ""         # ... and where that figure comes from
     agreement: bool = False        # a proxy may answer rows (duckllm.proxy) ...

@@ -120,6 +120,11 @@ class Runtime(Protocol):
         """Prompt-eval tokens per second on this machine (after the shared prefix held now)."""
         ...
 
+    def prefix_ready(self, prompt: Prompt) -> bool:
+        """Whether a call with this prompt would find its shared part held, or kept on disk
+        (runtime.prefix_store): loaded, not evaluated."""
+        ...
+
 
 def single(step: Step) -> Program:
     """The program of one step, answering with that step's result."""

@@ -139,6 +139,9 @@ class LlamaRuntime:
     def tokenize_prompt(self, text: Text, *, add_bos: bool = False) -> list[int]:
         return self.vocab.tokenize_prompt(text, add_bos=add_bos)
 
+    def prefix_ready(self, prompt: Prompt) -> bool:
+        return self.scheduler.prefix_ready(self.vocab.tokenize_prompt(prompt.shared, add_bos=self.vocab.add_bos))
+
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
         return self.vocab.detokenize(tokens, special)
 

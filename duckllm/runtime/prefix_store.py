@@ -218,6 +218,10 @@ class ContextStates:
         """Whether a prefix of this length is kept (and so looked for)."""
         return len(tokens) >= self.store.min_tokens
 
+    def kept(self, tokens: Sequence[int]) -> bool:
+        """Whether a state is kept for tokens (restore() still checks it)."""
+        return self.worth(tokens) and self.store.path_of(PrefixStore.key(self._basis, tokens)).exists()
+
     def restore(self, seq: int, tokens: Sequence[int]) -> bool:
         """Load the state kept for tokens into seq; True when seq now holds it. The caller empties
         the KV cache first, so the state fills cells from 0 in order, as evaluation does. On False

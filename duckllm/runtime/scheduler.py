@@ -222,6 +222,11 @@ class Scheduler:
 
     # ---- the shared prefix -----------------------------------------------------------------
 
+    def prefix_ready(self, shared: list[int]) -> bool:
+        """Whether ensure_prefix(shared) would find it held or kept on disk: nothing to evaluate."""
+        states = self.prefix_states
+        return shared == self.prefix or (states is not None and states.kept(shared))
+
     def ensure_prefix(self, shared: list[int]) -> None:
         """Make sequence 0 hold the shared prefix, evaluating only where it differs from the one
         held, or loading it from the prefix store (and keeping it there once evaluated): the one
