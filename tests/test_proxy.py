@@ -264,13 +264,17 @@ def test_a_long_columns_training_is_bounded_and_the_same_rows_train_it_in_any_or
     assert sum(map(len, trained[:4])) == 3 * 300 and trained[:4] == trained[4:]   # each row in 3 of 4 folds
 
 
-def test_an_examples_table_from_before_drawn_existed_is_read_as_training_rows(tmp_path):
+def test_an_examples_table_from_before_drawn_existed_is_read_as_training_rows(tmp_path, monkeypatch):
     import sqlite3
     cache = ResultCache(tmp_path / "old.sqlite")
     with sqlite3.connect(tmp_path / "old.sqlite") as db:
         db.execute("CREATE TABLE proxy_examples (key TEXT PRIMARY KEY, model TEXT NOT NULL, task TEXT NOT NULL, "
                    "text TEXT NOT NULL, label TEXT NOT NULL, created REAL NOT NULL)")
         db.execute("INSERT INTO proxy_examples VALUES ('k1', 'm', 't', 'late parcel', 'delivery', 0)")
+    read_only = ResultCache(tmp_path / "old.sqlite")
+    monkeypatch.setattr(type(read_only), "writable", property(lambda self: False))
+    assert ExampleStore(read_only).rows("m", "t") == [("k1", "late parcel", "delivery", False)]   # old columns
+    monkeypatch.undo()
     store = ExampleStore(cache)
     store.add("m", "t", [("k2", "my refund", "refund", True)])
     assert store.rows("m", "t") == [("k1", "late parcel", "delivery", False), ("k2", "my refund", "refund", True)]

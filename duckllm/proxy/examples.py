@@ -94,12 +94,14 @@ class ExampleStore:
         db = self._db()
         if db is None:
             return []
-        query = f"SELECT key, text, label, drawn = 1 FROM {TABLE} WHERE model = ? AND task = ?"
-        params: list = [model, task]
-        if upto is not None:
-            query += " AND rowid <= ?"
-            params.append(upto)
         try:
+            # a read-only table written before `drawn` existed: its rows are training rows only
+            drawn = "drawn = 1" if _has_drawn(db) else "0"
+            query = f"SELECT key, text, label, {drawn} FROM {TABLE} WHERE model = ? AND task = ?"
+            params: list = [model, task]
+            if upto is not None:
+                query += " AND rowid <= ?"
+                params.append(upto)
             return [(key, text, label, bool(drawn))
                     for key, text, label, drawn in db.execute(query + " ORDER BY key", params)]
         except sqlite3.Error:
@@ -187,9 +189,13 @@ def _text_hash(text: str) -> str:
     return h.hexdigest()
 
 
+def _has_drawn(db: sqlite3.Connection) -> bool:
+    return "drawn" in {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}
+
+
 def _add_drawn(db: sqlite3.Connection) -> None:
     """Give an older table its `drawn` column; another process may be doing the same."""
-    if "drawn" in {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}:
+    if _has_drawn(db):
         return
     try:
         db.execute(ADD_DRAWN)
