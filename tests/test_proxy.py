@@ -32,6 +32,7 @@ def _ngrams_for_embeddings(monkeypatch, request):
     sentence embedder (a real model, tested with the integration tests)."""
     if "integration" not in request.keywords:
         monkeypatch.setitem(features.FEATURES, "embedding", features.text_features)
+        monkeypatch.setitem(features.FEATURES, "text+embedding", features.text_features)
 
 
 def column(n: int, seed: int = 0, offset: int = 0) -> list[str]:
@@ -298,7 +299,7 @@ class CountingEmbedder:
 
 def test_a_new_process_reads_the_examples_vectors_instead_of_embedding_them_again(tmp_path, monkeypatch):
     from duckllm.runtime import embed
-    monkeypatch.setitem(features.FEATURES, "embedding", features.embedding_features)
+    monkeypatch.setitem(features.FEATURES, "text+embedding", features.text_and_embedding_features)
     embedder = CountingEmbedder()
     monkeypatch.setattr(embed, "default_embedder", lambda: embedder)
     monkeypatch.setattr(features, "_embedded", {})

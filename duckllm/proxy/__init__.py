@@ -29,8 +29,9 @@ class Agreement:
     classes: tuple[str, ...]                    # what the proxy chooses among
     label_of: Callable[[dict], str]             # a task's result -> its class
     result_of: Callable[[str, float], dict]     # a class and the proxy's confidence -> a result
-    features: str = "embedding"                 # duckllm.proxy.features.FEATURES: 'embedding' for
-                                                # a text, 'pair' for llm_match's records
+    features: str = "text+embedding"            # duckllm.proxy.features.FEATURES: n-grams beside
+                                                # the sentence embedder for a text (docs/proxy.md
+                                                # measures the choice), 'pair' for llm_match's records
     seed: int = 0                               # which rows are sampled (duckllm.proxy.sampling)
 
     @property
