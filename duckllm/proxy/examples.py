@@ -19,6 +19,7 @@ and would make the check speak for rows unlike the ones it is about to answer.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 import threading
@@ -110,29 +111,15 @@ class ExampleStore:
     def add(self, model: str, task: str, rows: list[tuple[str, str, str, bool]]) -> None:
         """Keep (key, text, label, drawn) answers; one stored already stays as it was (and keeps its
         place before or after a query's mark)."""
-        db = self._db()
-        if db is None or not rows or not self.cache.writable:
-            return
         now = time.time()
-        try:
-            with db:
-                db.executemany(f"INSERT OR IGNORE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               [(key, model, task, text, label, now, int(drawn))
-                                for key, text, label, drawn in rows])
-        except sqlite3.Error as e:
-            self.cache.failed(f"cannot write the proxy's examples to {self.cache.path} ({e})")
+        self._write("examples", f"INSERT OR IGNORE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(key, model, task, text, label, now, int(drawn)) for key, text, label, drawn in rows])
 
     def record_share(self, model: str, task: str, proxied: int, rows: int) -> None:
         """The proxy answered `proxied` of a call's `rows` to compute."""
-        db = self._db()
-        if db is None or not rows or not self.cache.writable:
-            return
-        try:
-            with db:
-                db.execute(f"INSERT OR REPLACE INTO {SHARES} VALUES (?, ?, ?, ?, ?)",
-                           (model, task, proxied / rows, rows, time.time()))
-        except sqlite3.Error as e:
-            self.cache.failed(f"cannot write the proxy's share to {self.cache.path} ({e})")
+        if rows:
+            self._write("share", f"INSERT OR REPLACE INTO {SHARES} VALUES (?, ?, ?, ?, ?)",
+                        [(model, task, proxied / rows, rows, time.time())])
 
     def last_share(self, model: str, task: str) -> float | None:
         """The share of rows the proxy answered in the task's latest call; None before any."""
@@ -150,10 +137,10 @@ class ExampleStore:
         if db is None or not texts:
             return {}
         hashes = {_text_hash(t): t for t in texts}
-        found = {}
+        keys, found = list(hashes), {}
         try:
-            for i in range(0, len(hashes), READ_AT_ONCE):
-                part = list(hashes)[i:i + READ_AT_ONCE]
+            for i in range(0, len(keys), READ_AT_ONCE):
+                part = keys[i:i + READ_AT_ONCE]
                 for text_hash, blob in db.execute(f"SELECT text_hash, vector FROM {VECTORS} WHERE text_hash IN "
                                                   f"({', '.join('?' * len(part))})", part):
                     found[hashes[text_hash]] = np.frombuffer(blob, dtype=np.float32)
@@ -162,17 +149,20 @@ class ExampleStore:
         return found
 
     def keep_vectors(self, vectors: dict[str, np.ndarray]) -> None:
-        db = self._db()
-        if db is None or not vectors or not self.cache.writable:
-            return
         now = time.time()
+        self._write("vectors", f"INSERT OR IGNORE INTO {VECTORS} VALUES (?, ?, ?)",
+                    [(_text_hash(t), np.asarray(v, dtype=np.float32).tobytes(), now) for t, v in vectors.items()])
+
+    def _write(self, what: str, statement: str, rows: list[tuple]) -> None:
+        """Run statement for each row in one transaction; a failure is the cache's warning."""
+        db = self._db()
+        if db is None or not rows or not self.cache.writable:
+            return
         try:
             with db:
-                db.executemany(f"INSERT OR IGNORE INTO {VECTORS} VALUES (?, ?, ?)",
-                               [(_text_hash(t), np.asarray(v, dtype=np.float32).tobytes(), now)
-                                for t, v in vectors.items()])
+                db.executemany(statement, rows)
         except sqlite3.Error as e:
-            self.cache.failed(f"cannot write the proxy's vectors to {self.cache.path} ({e})")
+            self.cache.failed(f"cannot write the proxy's {what} to {self.cache.path} ({e})")
 
     def count(self) -> int:
         db = self._db()
@@ -182,9 +172,15 @@ class ExampleStore:
             return 0
 
 
-def _text_hash(text: str) -> str:
+@functools.cache
+def _embedder_hash():
+    """sha256 begun with the embedder's own digest: a vector is kept under its embedder."""
     from duckllm.runtime.embed import FILES
-    h = hashlib.sha256(FILES["model.safetensors"].encode())
+    return hashlib.sha256(FILES["model.safetensors"].encode())
+
+
+def _text_hash(text: str) -> str:
+    h = _embedder_hash().copy()
     h.update(text.encode("utf-8", errors="surrogatepass"))
     return h.hexdigest()
 

@@ -16,8 +16,9 @@ def key_of(seed: int = DEFAULT_SEED) -> bytes:
     return hashlib.sha256(f"duckllm proxy sample {seed}".encode()).digest()[:16]
 
 
-def _digest(key: bytes, text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), key=key, digest_size=16).digest()
+def _digest(key: bytes, text: str, size: int = 16, person: bytes = b"") -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), key=key, digest_size=size,
+                           person=person).digest()
 
 
 def draw(key: bytes, text: str) -> float:
@@ -28,9 +29,7 @@ def draw(key: bytes, text: str) -> float:
 def rank(key: bytes, text: str) -> float:
     """A uniform number in [0, 1), apart from the draw and the fold: which stored rows train the
     proxy when there are more than it can train on (classifier.TRAIN_CELLS)."""
-    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), key=key, digest_size=8,
-                             person=b"train").digest()
-    return int.from_bytes(digest, "big") / 2.0 ** 64
+    return int.from_bytes(_digest(key, text, size=8, person=b"train"), "big") / 2.0 ** 64
 
 
 def fold(key: bytes, text: str, folds: int) -> int:
