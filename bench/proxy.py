@@ -163,8 +163,9 @@ def _embedder_seconds_per_row(texts: list[str]) -> float:
 
 def _embeddings(texts: list[str]):
     """The texts' embeddings, each computed once and kept on disk
-    (bench/out/proxy/embeddings/*.npz), as the embedder is slow on this machine."""
-    folder = proxy_answers.OUT / "embeddings"
+    (bench/out/proxy/embeddings/<the embedder's identity>/*.npz), to spare the runs' time."""
+    made_by = embed.identity(proxy_features.QUANTIZED)
+    folder = proxy_answers.OUT / "embeddings" / hashlib.sha256(made_by.encode()).hexdigest()[:16]
     known = {}
     for path in sorted(folder.glob("*.npz")):
         saved = np.load(path, allow_pickle=False)

@@ -53,6 +53,19 @@ def test_batching_does_not_change_the_vectors(embedder):
     np.testing.assert_array_equal(together, alone)      # each text goes alone, bit for bit
 
 
+def test_the_quantized_embedder_is_close_to_the_exact_one_and_as_steady(embedder, real_files):
+    quick = embed.Embedder(real_files, quantized=True)
+    texts = ["my card has not arrived yet", "A man is eating food.", "", "stock prices fell " * 40,
+             "Knee Injury Sidelines Chiefs' Holmes (AP)"]
+    exact, fast = embedder.encode(texts), quick.encode(texts)
+    assert fast.dtype == np.float32 and fast.shape == exact.shape
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1, atol=1e-5)
+    assert ((exact * fast).sum(axis=1) > 0.97).all()
+    assert not np.array_equal(exact, fast)      # it is the 8-bit graph
+    np.testing.assert_array_equal(fast, np.stack([quick.encode([t])[0] for t in texts]))
+    assert embed.identity(True) != embed.identity(False)      # their vectors are kept apart
+
+
 def test_nearest_orders_by_similarity_and_caps_k(embedder):
     vectors = embedder.encode(["cats purr", "dogs bark", "stock prices fell"])
     picked = embedder.nearest(vectors, ["a kitten purring"], 10)[0]

@@ -301,7 +301,7 @@ def test_a_new_process_reads_the_examples_vectors_instead_of_embedding_them_agai
     from duckllm.runtime import embed
     monkeypatch.setitem(features.FEATURES, "text+embedding", features.text_and_embedding_features)
     embedder = CountingEmbedder()
-    monkeypatch.setattr(embed, "default_embedder", lambda: embedder)
+    monkeypatch.setattr(embed, "default_embedder", lambda quantized=False: embedder)
     monkeypatch.setattr(features, "_embedded", {})
     eng = engine(tmp_path)
     eng.run(agreeing(0.9), column(1500))

@@ -52,7 +52,7 @@ SHARES_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {SHARES} (
     PRIMARY KEY (model, task))"""
 
 VECTORS_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {VECTORS} (
-    text_hash TEXT PRIMARY KEY,    -- the text's sha256 under the embedder's own (embed.FILES)
+    text_hash TEXT PRIMARY KEY,    -- the text's sha256 under the embedder's identity (embed.identity)
     vector BLOB NOT NULL,          -- float32, exactly as computed
     created REAL NOT NULL)"""
 READ_AT_ONCE = 500                 # texts per query (SQLite limits a statement's parameters)
@@ -174,9 +174,10 @@ class ExampleStore:
 
 @functools.cache
 def _embedder_hash():
-    """sha256 begun with the embedder's own digest: a vector is kept under its embedder."""
-    from duckllm.runtime.embed import FILES
-    return hashlib.sha256(FILES["model.safetensors"].encode())
+    """sha256 begun with the embedder's identity: a vector is kept under what made it."""
+    from duckllm.proxy.features import QUANTIZED
+    from duckllm.runtime.embed import identity
+    return hashlib.sha256(identity(QUANTIZED).encode())
 
 
 def _text_hash(text: str) -> str:
