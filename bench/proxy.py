@@ -314,7 +314,7 @@ def learning_curve(columns, model, targets, steps, features) -> dict:
                 s = summary(dataclasses.replace(column, texts=column.texts[part], gold=column.gold[part],
                                                 model=column.model[part]), run.results, 0.0)
                 curves.setdefault((column.name, target), []).append((n, s["share"]))
-                row += [s["share"], s["agreement"], _ceiling(X, column.model, folds, n, part, target)]
+                row += [s["share"], s["agreement"], _ceiling(X, column, folds, n, part, target)]
             rows.append(row)
     table("(3) learning curve: the share of a 2,048-row call the proxy takes, and its agreement there, with n of "
           f"the model's answers stored ({features} features; the call's 5% audit included); 'best': the share "
@@ -323,12 +323,15 @@ def learning_curve(columns, model, targets, steps, features) -> dict:
     return curves
 
 
-def _ceiling(X, answers: list[str], folds, n: int, part: slice, target: float) -> float:
-    """The most of the rows in `part` a proxy trained on the first n answers could take with
-    agreement >= target: its highest-scoring rows, as many as keep the agreement."""
+def _ceiling(X, column, folds, n: int, part: slice, target: float) -> float:
+    """The most of the rows in `part` a proxy trained on the first n answers (weighed as the
+    cascade weighs them) could take with agreement >= target: its highest-scoring rows, as many
+    as keep the agreement."""
     if n == 0:      # nothing to train on before the call's own sample
         return float("nan")
-    fitted = classifier.fit(X[:n], answers[:n], folds[:n], np.ones(n, bool), target, 0.05)
+    answers = column.model
+    weights = np.array([cascade.weight_of({"confidence": c}) for c in column.confidence[:n]])
+    fitted = classifier.fit(X[:n], answers[:n], folds[:n], np.ones(n, bool), target, 0.05, weights=weights)
     labels, scores = fitted.scores(X[part], folds[part])
     agreed = np.array(labels, dtype=object) == np.array(answers[part], dtype=object)
     agreed = agreed[np.argsort(-scores, kind="stable")]

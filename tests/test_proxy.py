@@ -249,9 +249,9 @@ def test_a_long_columns_training_is_bounded_and_the_same_rows_train_it_in_any_or
     real = classifier._estimator
 
     class Recording:
-        def fit(self, X, y):
+        def fit(self, X, y, sample_weight=None):
             trained.append(frozenset(X[i].indices.tobytes() + X[i].data.tobytes() for i in range(X.shape[0])))
-            return real().fit(X, y)
+            return real().fit(X, y, sample_weight=sample_weight)
     monkeypatch.setattr(classifier, "_estimator", Recording)
     key = sampling.key_of(0)
     texts = column(1200)
@@ -265,7 +265,7 @@ def test_a_long_columns_training_is_bounded_and_the_same_rows_train_it_in_any_or
     assert sum(map(len, trained[:4])) == 3 * 300 and trained[:4] == trained[4:]   # each row in 3 of 4 folds
 
 
-def test_an_examples_table_from_before_drawn_existed_is_read_as_training_rows(tmp_path, monkeypatch):
+def test_an_examples_table_from_before_drawn_and_weight_existed_is_read_as_training_rows(tmp_path, monkeypatch):
     import sqlite3
     cache = ResultCache(tmp_path / "old.sqlite")
     with sqlite3.connect(tmp_path / "old.sqlite") as db:
@@ -274,11 +274,34 @@ def test_an_examples_table_from_before_drawn_existed_is_read_as_training_rows(tm
         db.execute("INSERT INTO proxy_examples VALUES ('k1', 'm', 't', 'late parcel', 'delivery', 0)")
     read_only = ResultCache(tmp_path / "old.sqlite")
     monkeypatch.setattr(type(read_only), "writable", property(lambda self: False))
-    assert ExampleStore(read_only).rows("m", "t") == [("k1", "late parcel", "delivery", False)]   # old columns
+    old = ("k1", "late parcel", "delivery", False, 1.0)       # not drawn, weighing 1
+    assert ExampleStore(read_only).rows("m", "t") == [old]
     monkeypatch.undo()
     store = ExampleStore(cache)
-    store.add("m", "t", [("k2", "my refund", "refund", True)])
-    assert store.rows("m", "t") == [("k1", "late parcel", "delivery", False), ("k2", "my refund", "refund", True)]
+    store.add("m", "t", [("k2", "my refund", "refund", True, 0.7)])
+    assert store.rows("m", "t") == [old, ("k2", "my refund", "refund", True, 0.7)]
+
+
+def test_each_stored_answer_weighs_the_models_confidence_in_it(tmp_path):
+    eng, texts = engine(tmp_path), column(600)
+    by_text = dict(zip(texts, eng.run(agreeing(0.9), texts)))
+    stored = eng.cache.connection().execute("SELECT text, weight FROM proxy_examples").fetchall()
+    assert stored and {by_text[text]["answered_by"] for text, _ in stored} == {"model"}
+    assert all(weight == pytest.approx(max(cascade.MIN_WEIGHT, by_text[text]["confidence"])) for text, weight in stored)
+    assert len({weight for _, weight in stored}) > 1
+
+
+def test_the_models_unsure_answers_teach_the_proxy_less():
+    """On texts alike, a few sure answers outweigh more unsure ones."""
+    texts = [f"my parcel is late, order {i}" for i in range(40)]
+    labels, weights = ["delivery"] * 15 + ["refund"] * 25, np.array([1.0] * 15 + [0.05] * 25)
+    X, new = features.text_features(texts), features.text_features(["my parcel is late, order 99"])
+    folds = np.arange(40) % classifier.FOLDS
+
+    def label(w):
+        fitted = classifier.fit(X, labels, folds, np.ones(40, bool), 0.9, 0.05, weights=w)
+        return fitted.scores(new, np.array([0]))[0][0]
+    assert label(weights) == "delivery" and label(None) == "refund"
 
 
 class CountingEmbedder:

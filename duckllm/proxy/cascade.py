@@ -32,13 +32,14 @@ import numpy as np
 from scipy import sparse
 
 from duckllm.proxy import Agreement, bound, classifier, features, sampling
-from duckllm.proxy.examples import ExampleStore
+from duckllm.proxy.examples import Example, ExampleStore
 
 AUDIT = 0.05          # the least share of a call's new rows the model answers, to audit the proxy
 WANT = 2              # a call's first look wants WANT x the rows the bound tests first, labeled
 LOOKS = 4             # looks at a growing sample, each with the labeled rows doubled
 FIRST_LOOK = 0.8      # the share of the error rate the first look spends (see _alpha)
 KEEP_QUERIES = 4      # queries whose stored examples (and their features) are kept in memory
+MIN_WEIGHT = 0.01     # the least an answer weighs in training: none is ignored outright
 
 TOO_FEW = ("agreement: {rows} rows are too few for a proxy, which needs the model's answers to at least "
            "{need} first; the model answered every row")
@@ -55,17 +56,31 @@ class _Labeled:
     texts: list[str]
     labels: list[str]
     drawn: list[bool]               # answered whatever the proxy thought of it (examples.py)
+    weights: list[float]            # the model's confidence in each answer
     X: sparse.csr_matrix | None
 
 
-def _labeled(rows: list[tuple[str, str, str, bool]], featurize) -> _Labeled:
-    keys, texts, labels, drawn = (list(c) for c in zip(*rows)) if rows else ([], [], [], [])
-    return _Labeled(keys, texts, labels, drawn, featurize(texts) if texts else None)
+def _labeled(rows: list[Example], featurize) -> _Labeled:
+    keys, texts, labels, drawn, weights = (list(c) for c in zip(*rows)) if rows else ([], [], [], [], [])
+    return _Labeled(keys, texts, labels, drawn, weights, featurize(texts) if texts else None)
 
 
 def _joined(a: _Labeled, b: _Labeled) -> _Labeled:
     X = a.X if b.X is None else b.X if a.X is None else sparse.vstack([a.X, b.X], format="csr")
-    return _Labeled(a.keys + b.keys, a.texts + b.texts, a.labels + b.labels, a.drawn + b.drawn, X)
+    return _Labeled(a.keys + b.keys, a.texts + b.texts, a.labels + b.labels, a.drawn + b.drawn,
+                    a.weights + b.weights, X)
+
+
+def _example(key: str, text: str, spec: Agreement, result: dict, drawn: bool) -> Example:
+    return Example(key, text, spec.label_of(result), drawn, weight_of(result))
+
+
+def weight_of(result: dict) -> float:
+    """What the model's answer weighs in training: its confidence in it. Its unsure answers are
+    its least steady, and a proxy that learns less from them ranks the rows it can answer better
+    (docs/proxy.md). A result without a confidence weighs 1."""
+    confidence = result.get("confidence")
+    return 1.0 if confidence is None else min(1.0, max(MIN_WEIGHT, float(confidence)))
 
 
 @dataclass
@@ -104,10 +119,10 @@ class Cascade:
             self._queries.move_to_end(key)
             return self._queries[key]
 
-    def _recalled(self, spec: Agreement, rows: list[tuple]) -> list[tuple]:
+    def _recalled(self, spec: Agreement, rows: list[Example]) -> list[Example]:
         """The stored rows, their kept vectors read for those this process has not embedded."""
         if spec.features in features.EMBEDS:
-            texts = [row[1] for row in rows]
+            texts = [row.text for row in rows]
             known = features.embedded(texts)
             features.remember(self.store.vectors([t for t in texts if t not in known]))
         return rows
@@ -133,7 +148,7 @@ class Cascade:
             if text not in known:
                 deliver(text, {**result, "answered_by": "cache"})
         store = self.store if keep else None
-        own = [(keys[t], t, spec.label_of(r), False) for t, r in cached.items() if t not in known]
+        own = [_example(keys[t], t, spec, r, False) for t, r in cached.items() if t not in known]
         if store:
             store.add(model_id, task.key, own)     # answers from before agreement was asked for
         if not todo:
@@ -150,12 +165,12 @@ class Cascade:
             """The model answers texts; each answer is delivered and kept as it finishes (drawn:
             the texts are the call's sample, or all of its rows left, not rows the proxy chose)."""
             def done(text: str, result: dict) -> None:
-                label = spec.label_of(result)
+                example = _example(keys[text], text, spec, result, drawn)
                 if answers is not None:
-                    answers[text] = label
+                    answers[text] = example
                 state.written.add(keys[text])     # before the engine caches it: see `known`
                 if store:
-                    store.add(model_id, task.key, [(keys[text], text, label, drawn)])
+                    store.add(model_id, task.key, [example])
                 if note:
                     result = {**result, "note": "; ".join(n for n in (result.get("note"), note) if n)}
                 deliver(text, {**result, "answered_by": "model"})
@@ -174,7 +189,7 @@ class Cascade:
         featurize = features.FEATURES[spec.features]
         before = state.before
         stored = set(before.keys)
-        own = sorted(row for row in own if row[0] not in stored)
+        own = sorted(row for row in own if row.key not in stored)
 
         labeled = sum(before.drawn)     # the rows that can check the proxy: own rows are not drawn
         hash_key = sampling.key_of(spec.seed)
@@ -183,7 +198,7 @@ class Cascade:
         # Looks: the sample grows (twice the labeled rows each time) until the proxy shows the
         # target or the whole call has gone to the model. Each look spends its own share of
         # alpha (_alpha), so stopping at the first that passes keeps the stated confidence.
-        answers: dict[str, str] = {}
+        answers: dict[str, Example] = {}
         goal = max(WANT * first, labeled + AUDIT * len(todo))
         rate, fitted = 0.0, None
         for look in range(LOOKS):
@@ -197,13 +212,14 @@ class Cascade:
                 model(picked, note, drawn=True)
                 return
             model(picked, None, answers, drawn=True)
-            sampled = [(keys[t], t, answers[t], True) for t in todo if draws[t] < rate]
+            sampled = [answers[t] for t in todo if draws[t] < rate]
             pool = _joined(before, _labeled(sorted(own + sampled), featurize))
             if store:
-                self._keep_vectors(spec, [row[1] for row in own + sampled])
+                self._keep_vectors(spec, [row.text for row in own + sampled])
             folds = np.array([sampling.fold(hash_key, t, classifier.FOLDS) for t in pool.texts])
             rank = np.array([sampling.rank(hash_key, t) for t in pool.texts])
-            fitted = classifier.fit(pool.X, pool.labels, folds, pool.drawn, spec.target, _alpha(spec, look), rank)
+            fitted = classifier.fit(pool.X, pool.labels, folds, pool.drawn, spec.target, _alpha(spec, look), rank,
+                                    np.array(pool.weights))
             if fitted.threshold is not None:
                 break
         rest = [t for t in todo if draws[t] >= rate]

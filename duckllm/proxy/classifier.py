@@ -96,10 +96,11 @@ def _aligned(model, X, classes: list[str]) -> np.ndarray:
 
 
 def fit(X, labels: list[str], folds: np.ndarray, drawn: np.ndarray, target: float, alpha: float,
-        rank: np.ndarray | None = None) -> Fitted:
+        rank: np.ndarray | None = None, weights: np.ndarray | None = None) -> Fitted:
     """Cross-fit on the labeled rows (those of lowest rank when there are more than TRAIN_CELLS
-    allows), then calibrate and choose the threshold on the held-out scores of the drawn ones.
-    A row no fold trained on is held out from all of them, and scored as any other."""
+    allows), each weighing `weights` in training (default 1), then calibrate and choose the
+    threshold on the held-out scores of the drawn ones. A row no fold trained on is held out from
+    all of them, and scored as any other."""
     classes = sorted(set(labels))
     y = np.asarray(labels, dtype=object)
     trainable = np.ones(len(y), dtype=bool)
@@ -115,7 +116,8 @@ def fit(X, labels: list[str], folds: np.ndarray, drawn: np.ndarray, target: floa
         elif len(seen) == 1:
             models.append(_Constant(seen[0], classes))
         else:
-            models.append(_estimator().fit(X[train], y[train]))
+            models.append(_estimator().fit(X[train], y[train],
+                                           sample_weight=None if weights is None else weights[train]))
     drawn = np.asarray(drawn, dtype=bool)
     fitted = Fitted(classes, models, None, None, int(drawn.sum()), 0.0, 0.0, 0.0)
     predicted, scores = fitted.scores(X, folds)

@@ -15,7 +15,8 @@ Each row says whether the model answered it whatever the proxy thought of it (`d
 sample draw picked it, or its call sent all its rows to the model: a random row of its call) or
 because the proxy chose so (it was unsure of it), or the cache held it. The proxy trains on
 both, but checks its agreement on drawn rows only: the rows it was unsure of are its hardest,
-and would make the check speak for rows unlike the ones it is about to answer.
+and would make the check speak for rows unlike the ones it is about to answer. Each row also
+keeps the model's confidence in its answer, which weighs the row in training.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import hashlib
 import sqlite3
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,9 +40,11 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     text TEXT NOT NULL,
     label TEXT NOT NULL,
     created REAL NOT NULL,
-    drawn INTEGER NOT NULL DEFAULT 0)   -- 1: answered whatever the proxy thought of it (see above)"""
-# a table written before `drawn` existed gets it, its rows counted as not drawn: training rows only
-ADD_DRAWN = f"ALTER TABLE {TABLE} ADD COLUMN drawn INTEGER NOT NULL DEFAULT 0"
+    drawn INTEGER NOT NULL DEFAULT 0,   -- 1: answered whatever the proxy thought of it (see above)
+    weight REAL NOT NULL DEFAULT 1)     -- the model's confidence in its answer"""
+# a table written before a column existed gets it, with its default: rows from before `drawn`
+# are training rows only, and rows from before `weight` weigh 1, as every row did then
+ADDED_COLUMNS = {"drawn": "INTEGER NOT NULL DEFAULT 0", "weight": "REAL NOT NULL DEFAULT 1"}
 INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_task ON {TABLE} (model, task)"
 # what the proxy took in a task's latest call with agreement, for `duckllm explain`'s estimate
 SHARES_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {SHARES} (
@@ -58,6 +62,15 @@ VECTORS_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {VECTORS} (
 READ_AT_ONCE = 500                 # texts per query (SQLite limits a statement's parameters)
 
 
+class Example(NamedTuple):
+    """One of the model's answers, kept as a training row."""
+    key: str            # the result cache's key of the answer
+    text: str
+    label: str          # the proxy's class for the answer
+    drawn: bool         # answered whatever the proxy thought of it (see above)
+    weight: float = 1.0     # the model's confidence in its answer: its unsure answers teach the proxy less
+
+
 class ExampleStore:
     """Labeled rows per (model, task) in the result cache's file. Failures behave as the
     cache's own: a warning once, and the query goes on without keeping them."""
@@ -72,7 +85,7 @@ class ExampleStore:
             try:
                 if self.cache.writable:
                     db.execute(SCHEMA)
-                    _add_drawn(db)
+                    _add_columns(db)
                     db.execute(INDEX)
                     db.execute(SHARES_SCHEMA)
                     db.execute(VECTORS_SCHEMA)
@@ -89,31 +102,35 @@ class ExampleStore:
         except sqlite3.Error:    # no table yet (a read-only cache written before)
             return 0
 
-    def rows(self, model: str, task: str, upto: int | None = None) -> list[tuple[str, str, str, bool]]:
-        """(key, text, label, drawn) of a task's stored answers (up to a mark), ordered by key, so the
-        same rows come in the same order whatever order they were written in."""
+    def rows(self, model: str, task: str, upto: int | None = None) -> list[Example]:
+        """A task's stored answers (up to a mark), ordered by key, so the same rows come in the
+        same order whatever order they were written in."""
         db = self._db()
         if db is None:
             return []
         try:
-            # a read-only table written before `drawn` existed: its rows are training rows only
-            drawn = "drawn = 1" if _has_drawn(db) else "0"
-            query = f"SELECT key, text, label, {drawn} FROM {TABLE} WHERE model = ? AND task = ?"
+            # a read-only table written before a column existed: the column's default
+            have = _columns(db)
+            drawn = "drawn = 1" if "drawn" in have else "0"
+            weight = "weight" if "weight" in have else "1.0"
+            query = f"SELECT key, text, label, {drawn}, {weight} FROM {TABLE} WHERE model = ? AND task = ?"
             params: list = [model, task]
             if upto is not None:
                 query += " AND rowid <= ?"
                 params.append(upto)
-            return [(key, text, label, bool(drawn))
-                    for key, text, label, drawn in db.execute(query + " ORDER BY key", params)]
+            return [Example(key, text, label, bool(drawn), weight)
+                    for key, text, label, drawn, weight in db.execute(query + " ORDER BY key", params)]
         except sqlite3.Error:
             return []
 
-    def add(self, model: str, task: str, rows: list[tuple[str, str, str, bool]]) -> None:
-        """Keep (key, text, label, drawn) answers; one stored already stays as it was (and keeps its
-        place before or after a query's mark)."""
+    def add(self, model: str, task: str, rows: list[Example]) -> None:
+        """Keep answers; one stored already stays as it was (and keeps its place before or after
+        a query's mark)."""
         now = time.time()
-        self._write("examples", f"INSERT OR IGNORE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(key, model, task, text, label, now, int(drawn)) for key, text, label, drawn in rows])
+        rows = [Example(*row) for row in rows]
+        self._write("examples", f"INSERT OR IGNORE INTO {TABLE} (key, model, task, text, label, created, drawn, "
+                                f"weight) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(e.key, model, task, e.text, e.label, now, int(e.drawn), e.weight) for e in rows])
 
     def record_share(self, model: str, task: str, proxied: int, rows: int) -> None:
         """The proxy answered `proxied` of a call's `rows` to compute."""
@@ -186,16 +203,16 @@ def _text_hash(text: str) -> str:
     return h.hexdigest()
 
 
-def _has_drawn(db: sqlite3.Connection) -> bool:
-    return "drawn" in {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}
 
 
-def _add_drawn(db: sqlite3.Connection) -> None:
-    """Give an older table its `drawn` column; another process may be doing the same."""
-    if _has_drawn(db):
-        return
-    try:
-        db.execute(ADD_DRAWN)
-    except sqlite3.OperationalError as e:
-        if "duplicate column" not in str(e):
-            raise
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give an older table the columns it lacks; another process may be doing the same."""
+    have = _columns(db)
+    for name in [n for n in ADDED_COLUMNS if n not in have]:
+        try:
+            db.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):
+                raise
