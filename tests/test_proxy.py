@@ -550,7 +550,7 @@ def test_explain_shows_the_split_the_proxy_took_in_the_tasks_latest_call(fake_co
 def test_sql_agreement_on_the_real_model(small_con, tmp_path):
     """Through SQL on the real small model: a column too small for a proxy goes to the model,
     says so and gives the model's own labels; asked again, the cache answers, and the answers
-    kept beside it are the proxy's examples."""
+    kept beside it are the proxy's examples, each weighing the model's confidence in it."""
     tickets = f"read_csv('{Path(__file__).parent / 'fixtures' / 'tickets.csv'}')"
     query = f"SELECT id, llm_classify(text, {LABELS}{{}}) AS r FROM {tickets} WHERE text IS NOT NULL ORDER BY id"
     plain = small_con.execute(query.format("")).fetchall()
@@ -562,6 +562,8 @@ def test_sql_agreement_on_the_real_model(small_con, tmp_path):
     again = small_con.execute(query.format(", agreement := 0.95")).fetchall()
     assert [(r["label"], r["answered_by"]) for _, r in again] == [(r["label"], "cache") for _, r in plain]
     assert ExampleStore(engine_of(small_con).cache).count() == len(plain)
+    weights = [w for w, in engine_of(small_con).cache.connection().execute("SELECT weight FROM proxy_examples")]
+    assert sorted(weights) == pytest.approx(sorted(max(cascade.MIN_WEIGHT, r["confidence"]) for _, r in plain))
     one = small_con.execute(f"SELECT llm_classify(text, ['refund'], agreement := 0.9) FROM {tickets} "
                             "WHERE text IS NOT NULL").fetchall()
     assert {(r["label"], r["answered_by"]) for r, in one} == {("refund", "proxy")}
