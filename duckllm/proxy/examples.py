@@ -9,7 +9,7 @@ removes them with the results they came from.
 
 The sentence embedder's vectors of the examples are kept too (a text's vector is its own, see
 features.py): a new process, a dbt run say, reads them instead of embedding every stored example
-again (about 130 a second here).
+again (about 800 a second here).
 
 Each row says whether the model answered it whatever the proxy thought of it (`drawn`: its
 sample draw picked it, or its call sent all its rows to the model: a random row of its call) or
