@@ -45,7 +45,7 @@ from duckllm.engine.stats import STATS
 from duckllm.prompt_format import FORMATS
 from duckllm.proxy import cascade, classifier, sampling
 from duckllm.proxy import features as proxy_features
-from duckllm.proxy.examples import ExampleStore
+from duckllm.proxy.examples import Example, ExampleStore
 from duckllm.proxy.features import FEATURES
 from duckllm.runtime import Answer, Choice, Usage, embed
 from duckllm.settings import Settings
@@ -207,8 +207,9 @@ def replay(column: Column, task, warmup: int = 0, learning: str = "query", store
                         cache=ResultCache(Path(tmp) / "cache.sqlite"))
         if stored:
             identity = engine.model("replay").identity
-            ExampleStore(engine.cache).add(identity, task.key, [
-                (key_of(identity, task.key, t), t, m, True) for t, m in zip(column.texts[:stored], column.model)])
+            ExampleStore(engine.cache).add(identity, task.key, [       # weighed as the cascade weighs them
+                Example(key_of(identity, task.key, t), t, m, True, cascade.weight_of({"confidence": c}))
+                for t, m, c in zip(column.texts[:stored], column.model, column.confidence)])
         STATS.reset()
         wall = time.perf_counter()
         results, drawn = [], []

@@ -15,7 +15,7 @@ from duckllm.engine.cache import ResultCache
 from duckllm.engine.stats import STATS
 from duckllm.errors import ArgumentError
 from duckllm.proxy import bound, cascade, classifier, features, sampling
-from duckllm.proxy.examples import ExampleStore
+from duckllm.proxy.examples import Example, ExampleStore
 from duckllm.settings import Settings
 from duckllm.sql import engine_of
 from duckllm.tasks import classify, match
@@ -278,7 +278,7 @@ def test_an_examples_table_from_before_drawn_and_weight_existed_is_read_as_train
     assert ExampleStore(read_only).rows("m", "t") == [old]
     monkeypatch.undo()
     store = ExampleStore(cache)
-    store.add("m", "t", [("k2", "my refund", "refund", True, 0.7)])
+    store.add("m", "t", [Example("k2", "my refund", "refund", True, 0.7)])
     assert store.rows("m", "t") == [old, ("k2", "my refund", "refund", True, 0.7)]
 
 

@@ -127,7 +127,6 @@ class ExampleStore:
         """Keep answers; one stored already stays as it was (and keeps its place before or after
         a query's mark)."""
         now = time.time()
-        rows = [Example(*row) for row in rows]
         self._write("examples", f"INSERT OR IGNORE INTO {TABLE} (key, model, task, text, label, created, drawn, "
                                 f"weight) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(e.key, model, task, e.text, e.label, now, int(e.drawn), e.weight) for e in rows])

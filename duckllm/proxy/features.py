@@ -64,7 +64,7 @@ def pair_features(texts: list[str]) -> sparse.csr_matrix:
     return sparse.hstack([similarity, _words.transform(shared), _words.transform(differing)], format="csr")
 
 
-_limit = threading.Lock()
+_embedded_lock = threading.Lock()   # guards _embedded, which threads share
 QUANTIZED = True   # the embedder's products in 8 bits: 3x as fast, and the same share (docs/proxy.md)
 # A query embeds the examples stored before it once; the next query in the process finds them
 # here (1.5 KB each; the oldest go first), a new process beside the examples (examples.py). A
@@ -75,13 +75,13 @@ _embedded: dict[str, np.ndarray] = {}
 
 def embedded(texts: list[str]) -> dict[str, np.ndarray]:
     """The vectors this process holds for those texts."""
-    with _limit:
+    with _embedded_lock:
         return {t: _embedded[t] for t in texts if t in _embedded}
 
 
 def remember(vectors: dict[str, np.ndarray]) -> None:
     """Vectors computed before (kept beside the proxy's examples), used instead of embedding again."""
-    with _limit:
+    with _embedded_lock:
         _embedded.update(vectors)
         while len(_embedded) > KEEP_EMBEDDED:
             del _embedded[next(iter(_embedded))]
