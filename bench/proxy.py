@@ -153,7 +153,6 @@ TIMED_ROWS = 300     # texts embedded afresh to time the embedder in this run
 def _embedder_seconds_per_row(texts: list[str]) -> float:
     """The embedder's wall seconds per text here and now, as the proxy runs it (all cores)."""
     sample = texts[-TIMED_ROWS:]
-    embed.keep_in(ModelStore(Settings.from_env().home))
     ORIGINAL["embedding"](sample[:10])          # loads the embedder
     proxy_features._embedded.clear()
     wall = time.perf_counter()
@@ -164,7 +163,7 @@ def _embedder_seconds_per_row(texts: list[str]) -> float:
 def _embeddings(texts: list[str]):
     """The texts' embeddings, each computed once and kept on disk
     (bench/out/proxy/embeddings/<the embedder's identity>/*.npz), to spare the runs' time."""
-    made_by = embed.identity(proxy_features.QUANTIZED)
+    made_by = embed.identity(**proxy_features.EMBEDDER)
     folder = proxy_answers.OUT / "embeddings" / hashlib.sha256(made_by.encode()).hexdigest()[:16]
     known = {}
     for path in sorted(folder.glob("*.npz")):
@@ -444,6 +443,7 @@ def main() -> None:
     parser.add_argument("--features", default="text,text+embedding",
                         help="the proxy's features to compare in (1); the first is used for (2), (3) and (5)")
     args = _common.parse(parser)
+    embed.keep_in(ModelStore(Settings.from_env().home))     # where the proxy's embedder is found
     targets = [float(t) for t in args.targets.split(",")]
     columns = [load(args.suite, name, args.model, args.answers, args.rows) for name in args.datasets.split(",")]
     for c in columns:

@@ -66,6 +66,19 @@ def test_the_quantized_embedder_is_close_to_the_exact_one_and_as_steady(embedder
     assert embed.identity(True) != embed.identity(False)      # their vectors are kept apart
 
 
+def test_an_earlier_layer_pooled_beside_the_sentence_vector(real_files):
+    quick = embed.Embedder(real_files, quantized=True)
+    both = embed.Embedder(real_files, quantized=True, layers=(embed.LAYERS, 3))
+    texts = ["my card has not arrived yet", "", "stock prices fell " * 40]
+    vectors = both.encode(texts)
+    assert vectors.shape == (3, 2 * 384) and both.dim == 768
+    np.testing.assert_array_equal(vectors[:, :384], quick.encode(texts))     # the sentence vector, as it was
+    np.testing.assert_allclose(np.linalg.norm(vectors[:, 384:], axis=1), 1, atol=1e-5)
+    assert not np.allclose(vectors[:, 384:], vectors[:, :384], atol=0.1)
+    np.testing.assert_array_equal(vectors, np.stack([both.encode([t])[0] for t in texts]))
+    assert embed.identity(True, (embed.LAYERS, 3)) != embed.identity(True)
+
+
 def test_nearest_orders_by_similarity_and_caps_k(embedder):
     vectors = embedder.encode(["cats purr", "dogs bark", "stock prices fell"])
     picked = embedder.nearest(vectors, ["a kitten purring"], 10)[0]

@@ -293,13 +293,13 @@ def test_each_stored_answer_weighs_the_models_confidence_in_it(tmp_path):
 
 def test_the_models_unsure_answers_teach_the_proxy_less():
     """On texts alike, a few sure answers outweigh more unsure ones."""
-    texts = [f"my parcel is late, order {i}" for i in range(40)]
-    labels, weights = ["delivery"] * 15 + ["refund"] * 25, np.array([1.0] * 15 + [0.05] * 25)
-    X, new = features.text_features(texts), features.text_features(["my parcel is late, order 99"])
-    folds = np.arange(40) % classifier.FOLDS
+    texts = [f"my parcel is late, order {i}" for i in range(200)]     # enough for SGD's few passes
+    labels, weights = ["delivery"] * 50 + ["refund"] * 150, np.array([1.0] * 50 + [0.05] * 150)
+    X, new = features.text_features(texts), features.text_features(["my parcel is late, order 999"])
+    folds = np.arange(200) % classifier.FOLDS
 
     def label(w):
-        fitted = classifier.fit(X, labels, folds, np.ones(40, bool), 0.9, 0.05, weights=w)
+        fitted = classifier.fit(X, labels, folds, np.ones(200, bool), 0.9, 0.05, weights=w)
         return fitted.scores(new, np.array([0]))[0][0]
     assert label(weights) == "delivery" and label(None) == "refund"
 
@@ -324,7 +324,7 @@ def test_a_new_process_reads_the_examples_vectors_instead_of_embedding_them_agai
     from duckllm.runtime import embed
     monkeypatch.setitem(features.FEATURES, "text+embedding", features.text_and_embedding_features)
     embedder = CountingEmbedder()
-    monkeypatch.setattr(embed, "default_embedder", lambda quantized=False: embedder)
+    monkeypatch.setattr(embed, "default_embedder", lambda **kind: embedder)
     monkeypatch.setattr(features, "_embedded", {})
     eng = engine(tmp_path)
     eng.run(agreeing(0.9), column(1500))

@@ -23,7 +23,7 @@ FOLDS = 4
 # Rows x labels one training may use: training costs about that, and a call with agreement
 # trains again, so a long column's growing examples must not make each call slower without
 # end. 500,000 is every stored row for 4 labels up to 125,000 rows, and 6,944 rows for the 72
-# labels the default model gives on banking77: 11 s on two cores here with n-grams beside the
+# labels the default model gives on banking77: 10 s on two cores here with n-grams beside the
 # embedder, against about 5 minutes of the model's time for a 2,048-row call.
 TRAIN_CELLS = 500_000
 

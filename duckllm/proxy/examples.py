@@ -191,9 +191,9 @@ class ExampleStore:
 @functools.cache
 def _embedder_hash():
     """sha256 begun with the embedder's identity: a vector is kept under what made it."""
-    from duckllm.proxy.features import QUANTIZED
+    from duckllm.proxy.features import EMBEDDER
     from duckllm.runtime.embed import identity
-    return hashlib.sha256(identity(QUANTIZED).encode())
+    return hashlib.sha256(identity(**EMBEDDER).encode())
 
 
 def _text_hash(text: str) -> str:

@@ -48,9 +48,11 @@ INT8_RANGE = 63   # quantized weights in 7 bits: on a CPU without VNNI (AVX2's V
 class Embedder:
     """all-MiniLM-L6-v2 on onnxruntime. Holds no mutable state, so one instance serves all threads.
     quantized: its products in 8 bits, about 3 times as fast; the vectors are within a cosine of
-    0.98 of the exact ones (the proxy's features; docs/proxy.md measures both)."""
+    0.98 of the exact ones (the proxy's features; docs/proxy.md measures both).
+    layers: whose token states are pooled into the vector, each part of unit length; the last
+    (LAYERS) is the sentence vector, an earlier one keeps more of the words (the proxy's features)."""
 
-    def __init__(self, folder: Path, quantized: bool = False):
+    def __init__(self, folder: Path, quantized: bool = False, layers: tuple[int, ...] = (LAYERS,)):
         try:
             import onnxruntime
             from tokenizers import Tokenizer
@@ -63,13 +65,16 @@ class Embedder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         options.log_severity_level = 3      # its notes on unused initializers are not the user's business
-        self.session = onnxruntime.InferenceSession(_graph(read_safetensors(folder / "model.safetensors"), quantized),
-                                                    options, providers=["CPUExecutionProvider"])
+        self.dim = DIM * len(layers)
+        self.session = onnxruntime.InferenceSession(
+            _graph(read_safetensors(folder / "model.safetensors"), quantized, layers), options,
+            providers=["CPUExecutionProvider"])
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), 384) float32 vectors, each of unit length, so a dot product is a cosine."""
+        """(len(texts), 384) float32 vectors, each of unit length, so a dot product is a cosine
+        (384 for each of the layers pooled, when they are several)."""
         texts = list(texts)
-        out = np.zeros((len(texts), DIM), np.float32)
+        out = np.zeros((len(texts), self.dim), np.float32)
         ids = [np.array(e.ids, np.int64) for e in self.tokenizer.encode_batch(texts)]
         if len(ids) == 1:
             out[0] = self._one(ids[0])
@@ -91,9 +96,9 @@ class Embedder:
         return self.session.run(None, {"ids": ids, "positions": np.arange(len(ids), dtype=np.int64)})[0]
 
 
-def _graph(w: dict[str, np.ndarray], quantized: bool = False) -> bytes:
+def _graph(w: dict[str, np.ndarray], quantized: bool = False, layers: tuple[int, ...] = (LAYERS,)) -> bytes:
     """BERT's encoder for one text, tokens as rows, as an ONNX model holding the weights;
-    quantized: its products in 8 bits."""
+    quantized: its products in 8 bits; layers: whose states are pooled into the vector."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, weights, activations = [], [], {}
@@ -158,13 +163,15 @@ def _graph(w: dict[str, np.ndarray], quantized: bool = False) -> bytes:
         hidden = op("Gelu", [linear(x, p + "intermediate.dense", at + "up")], at + "hidden")
         down = linear(hidden, p + "output.dense", at + "down")
         x = norm(op("Add", [x, down], at + "residual2"), p + "output.LayerNorm", f"x.{i + 1}")
-    pooled = op("ReduceMean", [x, weight("tokens", np.array([0], np.int64))], "pooled", keepdims=0)
-    op("LpNormalization", [pooled], "vector", axis=-1, p=2)
+    weight("tokens", np.array([0], np.int64))
+    parts = [op("LpNormalization", [op("ReduceMean", [f"x.{i}", "tokens"], f"pooled.{i}", keepdims=0)],
+                f"vector.{i}", axis=-1, p=2) for i in layers]
+    op("Concat", parts, "vector", axis=0)
     graph = helper.make_graph(
         nodes, "all-MiniLM-L6-v2",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["tokens"]),
          helper.make_tensor_value_info("positions", TensorProto.INT64, ["tokens"])],
-        [helper.make_tensor_value_info("vector", TensorProto.FLOAT, [DIM])], weights)
+        [helper.make_tensor_value_info("vector", TensorProto.FLOAT, [DIM * len(layers)])], weights)
     # opset 20 has Gelu (exact, with erf, as BERT's); IR 9 is what onnxruntime 1.17 and later read
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9).SerializeToString()
 
@@ -241,14 +248,16 @@ def _check(folder: Path, hash_of) -> str | None:
     return None
 
 
-_defaults: dict[bool, Embedder] = {}      # exact, and quantized
+_defaults: dict[tuple, Embedder] = {}     # by (quantized, layers)
 _store: store.ModelStore | None = None    # where it is found, or fetched to, when first used
 _lock = threading.Lock()
 
 
-def identity(quantized: bool) -> str:
-    """What a vector was made by: the weights' sha256, and the precision of the products."""
-    return FILES["model.safetensors"] + (" int8" if quantized else "")
+def identity(quantized: bool, layers: tuple[int, ...] = (LAYERS,)) -> str:
+    """What a vector was made by: the weights' sha256, the precision of the products, and the
+    layers pooled."""
+    return (FILES["model.safetensors"] + (" int8" if quantized else "")
+            + ("" if layers == (LAYERS,) else " layers " + ",".join(map(str, layers))))
 
 
 def keep_in(models: store.ModelStore) -> None:
@@ -259,13 +268,14 @@ def keep_in(models: store.ModelStore) -> None:
     _store = models
 
 
-def default_embedder(quantized: bool = False) -> Embedder:
-    """The process-wide embedder, loaded (and fetched if needed) on first use."""
-    if quantized not in _defaults:
+def default_embedder(quantized: bool = False, layers: tuple[int, ...] = (LAYERS,)) -> Embedder:
+    """The process-wide embedder of that kind, loaded (and fetched if needed) on first use."""
+    kind = (quantized, layers)
+    if kind not in _defaults:
         with _lock:
-            if quantized not in _defaults:
+            if kind not in _defaults:
                 if _store is None:
                     raise ModelError("the sentence embedder has no duckllm home to come from yet; open a "
                                      "connection with duckllm.connect() or make an Engine first")
-                _defaults[quantized] = Embedder(model_folder(_store), quantized)
-    return _defaults[quantized]
+                _defaults[kind] = Embedder(model_folder(_store), quantized, layers)
+    return _defaults[kind]
