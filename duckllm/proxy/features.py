@@ -18,7 +18,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 
 from duckllm.runtime.embed import LAYERS
 
-N_FEATURES = 2 ** 16     # 77 labels x 65,536 weights x 8 bytes = 40 MB at most per model
+N_FEATURES = 2 ** 16     # 77 labels x 2 blocks x 65,536 float32 weights = 40 MB at most per fold's model
 
 # float32 throughout, as the embedder's vectors are: SGD fits them about 1.5x as fast as float64
 _chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 4), n_features=N_FEATURES, lowercase=True,
@@ -70,7 +70,7 @@ def pair_features(texts: list[str]) -> sparse.csr_matrix:
 _embedded_lock = threading.Lock()   # guards _embedded, which threads share
 # The embedder as the proxy runs it: its products in 8 bits (3x as fast, and the same share), and
 # beside the sentence vector (the last layer's states pooled) the third layer's, which keep more
-# of the words: on banking77 they took the share at 0.95 from 0.16 to 0.30 (docs/proxy.md).
+# of the words: on banking77 they took the proxy's share at 0.95 from 0.06 to 0.14 (docs/proxy.md).
 EMBEDDER = {"quantized": True, "layers": (LAYERS, 3)}
 # A query embeds the examples stored before it once; the next query in the process finds them
 # here (3 KB each; the oldest go first), a new process beside the examples (examples.py). A
