@@ -80,3 +80,23 @@ def test_random_gguf_gives_a_template_less_donor_the_llama_3_chat_template(small
     template = gguf.GGUFReader(str(tokenizer)).fields["tokenizer.chat_template"].contents()
     assert detect(template).name == "llama3"
     assert "<|end_header_id|>\n\n" in template
+
+
+def test_the_proxy_bench_replays_a_column_through_the_cascade(user_store, home, tmp_path):
+    """bench/proxy.py end to end on the suite's gold labels (no saved answers, no model run): each
+    table prints, with the embedder computing the vectors it has not kept (issue 18)."""
+    from duckllm.runtime import embed
+    folder = embed.model_folder(user_store)          # the user's copy, fetched once, seen by this home
+    if not (home / "models" / folder.name).exists():
+        (home / "models" / folder.name).symlink_to(folder, target_is_directory=True)
+    bench = Path(__file__).parents[1] / "bench"
+    run = (f"import sys; sys.path.insert(0, {str(bench)!r}); import proxy_answers, pathlib; "
+           f"proxy_answers.OUT = pathlib.Path({str(tmp_path / 'out')!r}); import proxy; proxy.main()")
+    done = subprocess.run([sys.executable, "-c", run, "--suite", str(SUITE), "--datasets", "tickets", "--answers",
+                           "gold", "--model-rows-per-s", "5", "--seeds", "2", "--targets", "0.9",
+                           "--features", "text+embedding,text"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for table in ("(1)", "(2)", "(3)", "(4)", "(5)", "(6)"):
+        assert f"\n{table} " in done.stdout
+    assert "tickets   0.900   free text+embedding     4" in done.stdout
+    assert list((tmp_path / "out" / "embeddings").glob("*/*.npz"))       # vectors kept for the next run
