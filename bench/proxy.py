@@ -277,21 +277,23 @@ def seeds_table(columns, model, targets, seeds, features) -> None:
     rows = []
     for column in columns:
         for target, learning in [(target, learning) for target in targets for learning in ("query", "free")]:
-            agreements, shares = [], []
+            agreements, shares, speedups = [], [], []
             for seed in range(seeds):
                 run = replay(column, task_for(column, model, target, seed=seed, features=features), learning=learning)
                 s = summary(column, run.results, run.seconds)
                 shares.append(s["share"])
                 agreements.append(s["agreement"])
+                speedups.append(s["speedup"])
             answered = [a for a in agreements if not math.isnan(a)]
             below = sum(a < target for a in answered)
             rows.append([column.name, target, learning, seeds, len(answered), below,
                          min(answered, default=float("nan")),
-                         statistics.mean(answered) if answered else float("nan"), statistics.mean(shares)])
+                         statistics.mean(answered) if answered else float("nan"), statistics.mean(shares),
+                         statistics.mean(speedups)])
     table("(2) over seeds (which rows are sampled): runs in which the proxy answered, and in how many of "
           "those its agreement with the model fell below the target (the stated confidence allows 5%)",
           ["dataset", "target", "learning", "seeds", "runs with proxy", "below target", "lowest", "mean agreement",
-           "mean share"], rows)
+           "mean share", "mean x model alone"], rows)
 
 
 def learning_curve(columns, model, targets, steps, features) -> dict:
