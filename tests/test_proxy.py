@@ -293,7 +293,7 @@ def test_each_stored_answer_weighs_the_models_confidence_in_it(tmp_path):
 
 def test_the_models_unsure_answers_teach_the_proxy_less():
     """On texts alike, a few sure answers outweigh more unsure ones."""
-    texts = [f"my parcel is late, order {i}" for i in range(200)]     # enough for SGD's few passes
+    texts = [f"my parcel is late, order {i}" for i in range(200)]     # enough for SGD to settle (40 were not)
     labels, weights = ["delivery"] * 50 + ["refund"] * 150, np.array([1.0] * 50 + [0.05] * 150)
     X, new = features.text_features(texts), features.text_features(["my parcel is late, order 999"])
     folds = np.arange(200) % classifier.FOLDS
