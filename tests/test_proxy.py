@@ -544,6 +544,18 @@ def test_explain_shows_the_split_the_proxy_took_in_the_tasks_latest_call(fake_co
     assert plain.by_proxy is None and "by proxy" not in explain.render([plain])
 
 
+def test_explain_says_how_to_let_the_chunks_learn_from_each_other(fake_con):
+    from duckllm.sql import explain
+    fake_con.execute("CREATE TABLE news AS SELECT unnest(?) AS text", [column(100)])
+    query = f"SELECT llm_classify(text, {LABELS}, agreement := 0.9) FROM news"
+    fake_con.execute("SET threads = 2")
+    hint = "SET threads = 1 lets it learn from the chunks before it"
+    assert hint in explain.render(explain.explain(fake_con, query))
+    assert hint not in explain.render(explain.explain(fake_con, f"SELECT llm_classify(text, {LABELS}) FROM news"))
+    fake_con.execute("SET threads = 1")
+    assert hint not in explain.render(explain.explain(fake_con, query))
+
+
 # ---- the real small model ----------------------------------------------------------------------
 
 @pytest.mark.integration

@@ -41,6 +41,7 @@ class CallEstimate:
     speed_source: str
     by_proxy: int | None = None   # with agreement: of those to compute, the rows a proxy is expected
                                   # to answer (its share in the task's latest call); None without
+    chunks_learn_alone: bool = False   # with agreement on several DuckDB threads (duckllm.proxy.cascade)
 
     @property
     def to_compute(self) -> int:
@@ -112,13 +113,14 @@ def explain(con: duckdb.DuckDBPyConnection, query: str, engine=None) -> list[Cal
     if not calls:
         return []
     estimates = []
+    (several_threads,), = con.execute("SELECT current_setting('threads') > 1").fetchall()
     with _probing_cursor(con, engine) as cursor:
         for tree, call in calls:
             with engine.planning() as (plan_id, plans):
                 cursor.execute("SET VARIABLE duckllm_plan = ?", [plan_id])
                 cursor.execute(probe(tree, call, names)).fetchall()
             estimates.append(_summary(call.sql(DIALECT, normalize_functions=False), call.name.lower(),
-                                      plans.values()))
+                                      plans.values(), several_threads))
     return estimates
 
 
@@ -145,7 +147,7 @@ def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _summary(call: str, function: str, plans) -> CallEstimate:
+def _summary(call: str, function: str, plans, several_threads: bool) -> CallEstimate:
     plans = list(plans)      # a macro may call several tasks (a cascade: two models)
     return CallEstimate(
         call=call, function=function,
@@ -158,6 +160,7 @@ def _summary(call: str, function: str, plans) -> CallEstimate:
         speed_source="; ".join(dict.fromkeys(f"{p.model}: {p.tokens_per_s:.0f} tok/s, {p.speed_source}"
                                              for p in plans if p.tokens_per_s)),
         by_proxy=sum(p.by_proxy for p in plans) if any(p.agreement for p in plans) else None,
+        chunks_learn_alone=several_threads and any(p.agreement for p in plans),
     )
 
 
@@ -184,6 +187,10 @@ def render(estimates: list[CallEstimate]) -> str:
     if any(e.by_proxy is not None for e in estimates):
         out.append("by proxy: the share a proxy answered in the task's latest call with agreement (0 before "
                    "any); the model answers the rest, and each call's sample")
+    if any(e.chunks_learn_alone for e in estimates):
+        out.append("on several DuckDB threads each chunk's proxy learns only from the answers stored before the "
+                   "query: SET threads = 1 lets it learn from the chunks before it too, at no cost to the model "
+                   "(docs/proxy.md)")
     return "\n".join(out)
 
 
