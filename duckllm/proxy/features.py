@@ -16,7 +16,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from duckllm.runtime.embed import LAYERS
+from duckllm.runtime import embed
 
 N_FEATURES = 2 ** 16     # 77 labels x 2 blocks x 65,536 float32 weights = 40 MB at most per fold's model
 
@@ -71,7 +71,7 @@ _embedded_lock = threading.Lock()   # guards _embedded, which threads share
 # The embedder as the proxy runs it: its products in 8 bits (3x as fast, and the same share), and
 # beside the sentence vector (the last layer's states pooled) the third layer's, which keep more
 # of the words: on banking77 they took the proxy's share at 0.95 from 0.06 to 0.14 (docs/proxy.md).
-EMBEDDER = {"quantized": True, "layers": (LAYERS, 3)}
+EMBEDDER = {"quantized": True, "layers": (embed.LAYERS, 3)}
 # A query embeds the examples stored before it once; the next query in the process finds them
 # here (3 KB each; the oldest go first), a new process beside the examples (examples.py). A
 # text's vector is the same whenever it is computed.
@@ -96,13 +96,12 @@ def remember(vectors: dict[str, np.ndarray]) -> None:
 def embedding_features(texts: list[str]) -> sparse.csr_matrix:
     """duckllm's sentence embedder (all-MiniLM-L6-v2) as EMBEDDER says, which embeds each text
     alone: a row's vector never depends on its neighbours (duckllm.runtime.embed)."""
-    from duckllm.runtime.embed import DIM, default_embedder
     if not texts:
-        return sparse.csr_matrix((0, DIM * len(EMBEDDER["layers"])), dtype=np.float32)
+        return sparse.csr_matrix((0, embed.DIM * len(EMBEDDER["layers"])), dtype=np.float32)
     vectors = embedded(texts)
     missing = [t for t in dict.fromkeys(texts) if t not in vectors]
     if missing:
-        new = dict(zip(missing, default_embedder(**EMBEDDER).encode(missing)))
+        new = dict(zip(missing, embed.default_embedder(**EMBEDDER).encode(missing)))
         vectors.update(new)
         remember(new)
     return sparse.csr_matrix(np.vstack([vectors[t] for t in texts]))

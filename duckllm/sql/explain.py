@@ -149,6 +149,7 @@ def _identifier(name: str) -> str:
 
 def _summary(call: str, function: str, plans, several_threads: bool) -> CallEstimate:
     plans = list(plans)      # a macro may call several tasks (a cascade: two models)
+    agreement = any(p.agreement for p in plans)
     return CallEstimate(
         call=call, function=function,
         model=", ".join(dict.fromkeys(p.model for p in plans)) or "-",
@@ -159,8 +160,8 @@ def _summary(call: str, function: str, plans, several_threads: bool) -> CallEsti
         seconds=sum(p.seconds for p in plans),
         speed_source="; ".join(dict.fromkeys(f"{p.model}: {p.tokens_per_s:.0f} tok/s, {p.speed_source}"
                                              for p in plans if p.tokens_per_s)),
-        by_proxy=sum(p.by_proxy for p in plans) if any(p.agreement for p in plans) else None,
-        chunks_learn_alone=several_threads and any(p.agreement for p in plans),
+        by_proxy=sum(p.by_proxy for p in plans) if agreement else None,
+        chunks_learn_alone=several_threads and agreement,
     )
 
 
