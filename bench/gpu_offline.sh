@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The GPU checks (bench/gpu_checks.sh) on a GPU machine that cannot download: everything they need
+# is bundled here first, then carried there, where llama-cpp-python is built with that machine's
+# own CUDA toolkit (a few minutes on 16 cores; bench/cuda_wheel.sh builds it without one, slower).
+#
+#     bench/gpu_offline.sh bundle DIR               # here: PyPI and ../shared/data reachable
+#     bench/gpu_offline.sh run DIR [ROWS]           # there: nvcc, CMake, ninja, Python
+#
+# DIR gets (43 MB): wheels of what the GPU machine lacks (WHEELS, default the packages an
+# image with PyTorch and scikit-learn lacks), llama-cpp-python's source at the version installed
+# here, Llama-3's tokenizer (llama.cpp's vocabulary file, given the chat template it lacks) and
+# banking77 from the suite. `run` installs and builds under $WORK (default /tmp/duckllm-gpu) and
+# leaves the Python it runs on untouched. CUDA_ARCH picks the GPU architecture (default: the one
+# present; 90-real for an H100 or H200); LLAMA_CMAKE_ARGS replaces the CUDA build's flags (say,
+# -DGGML_CUDA=off with SHAPE=tiny to try the steps on a CPU).
+set -eu
+verb=$1; dir=$(mkdir -p "$2" && realpath "$2")
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+[[ $python != */* ]] || python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python")   # the build runs elsewhere
+say() { echo; echo "== $* ($(date +%T))"; }
+
+bundle() {
+    local version tmp
+    version=$($python -c "import importlib.metadata as m; print(m.version('llama_cpp_python'))")
+    tmp=$(mktemp -d)
+    say "wheels for Python ${TARGET_PYTHON:-3.12}"
+    $python -m pip download -q --no-deps --only-binary=:all: --python-version "${TARGET_PYTHON:-3.12}" \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dir/wheels" \
+        $(for p in ${WHEELS:-duckdb sqlglot gguf}; do
+              echo "$p==$($python -c "import importlib.metadata as m; print(m.version('$p'))")"; done)
+    say "llama-cpp-python $version, source"
+    $python -m pip download -q --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$version"
+    tar xzf "$tmp/llama_cpp_python-$version.tar.gz" -C "$tmp"
+    local src=llama_cpp_python-$version vendored=$tmp/llama_cpp_python-$version/vendor/llama.cpp
+    say "Llama-3's tokenizer"
+    $python "$repo/bench/random_gguf.py" --chat-template llama-3 --tokenizer-only "$dir/llama3-tokenizer.gguf" \
+        --donor "$vendored/models/ggml-vocab-llama-bpe.gguf"
+    # 77 MB as published, 10 without its git history, tokenizer files, docs and benchmark logs,
+    # which the build does not read: a device's carried tree may hold 64 MB
+    rm -rf "$tmp/$src/.git" "$vendored"/models/*.gguf "$vendored/docs" "$vendored/benches"
+    tar cJf "$dir/$src.tar.xz" -C "$tmp" "$src"
+    say "banking77"
+    local suite=${SUITE:-$repo/../shared/data}
+    mkdir -p "$dir/suite"
+    cp -r "$suite/banking77" "$dir/suite/" && chmod -R u+w "$dir/suite"
+    $python -c "import json, sys; m = json.load(open(sys.argv[1])); json.dump({'banking77': m['banking77']}, \
+        open(sys.argv[2], 'w'), indent=1)" "$suite/datasets.json" "$dir/suite/datasets.json"
+    rm -rf "$tmp"
+    du -sh "$dir"
+}
+
+run() {
+    local work=${WORK:-/tmp/duckllm-gpu} rows=${1:-2000}
+    mkdir -p "$work"
+    say "install the wheels"
+    $python -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$work/site" "$dir"/wheels/*.whl
+    say "build llama-cpp-python"
+    tar xJf "$dir"/llama_cpp_python-*.tar.xz -C "$work"
+    # No llava/mtmd: duckllm does not use it. Native CPU code: it is built where it runs.
+    (cd "$work"/llama_cpp_python-*/ && CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+        CMAKE_ARGS="${LLAMA_CMAKE_ARGS:--DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-native}} \
+            -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON" \
+        $python -m pip install -q --no-build-isolation --no-deps --no-compile --upgrade --target "$work/llama" . \
+        > "$work/build.log" 2>&1) || { tail -40 "$work/build.log"; echo "build failed: $work/build.log"; exit 1; }
+    export PYTHONPATH=$work/llama:$work/site:$repo${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+    $python -c "import llama_cpp; print('llama.cpp GPU offload:', llama_cpp.llama_supports_gpu_offload())"
+    cd "$repo"
+    SUITE=$dir/suite PYTHON=$python MODEL=${MODEL:-$work/${SHAPE:-llama-3-8b}-random.gguf} \
+        bash bench/gpu_checks.sh "$dir/llama3-tokenizer.gguf" "$rows"
+}
+
+case $verb in
+    bundle) bundle ;;
+    run) run "${3:-}" ;;
+    *) echo "usage: $0 bundle DIR | run DIR [ROWS]" >&2; exit 2 ;;
+esac
