@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # llama-cpp-python built with CUDA on a machine with neither a GPU nor a CUDA toolkit: nvcc, the
 # CUDA runtime and cuBLAS come from PyPI's nvidia-* wheels. For a GPU machine that cannot download
-# (how issue 3's GPU numbers were taken); 25 minutes on 2 cores for one GPU architecture.
+# (how issue 3's GPU numbers were taken); 15 to 25 minutes on 2 cores for one GPU architecture.
 #
 #     bench/cuda_wheel.sh OUT_DIR [ARCH]      # ARCH: 90 (H100, H200; the default), 89, 86, 80 ...
 #
