@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks (bench/gpu_checks.sh) on a GPU machine that cannot download: everything they need
 # is bundled here first, then carried there, where llama-cpp-python is built with that machine's
-# own CUDA toolkit (a few minutes on 16 cores; bench/cuda_wheel.sh builds it without one, slower).
+# own CUDA toolkit, or was built here beforehand by bench/cuda_wheel.sh.
 #
 #     bench/gpu_offline.sh bundle DIR               # here: PyPI and ../shared/data reachable
 #     bench/gpu_offline.sh run DIR [ROWS]           # there: nvcc, CMake, ninja, Python
@@ -17,6 +17,7 @@
 # H200); LLAMA_CMAKE_ARGS replaces the CUDA build's flags (say, -DGGML_CUDA=off with SHAPE=tiny to
 # try the steps on a CPU).
 set -eu
+[[ $# -ge 2 && ($1 == bundle || $1 == run) ]] || { echo "usage: $0 bundle DIR | run DIR [ROWS]" >&2; exit 2; }
 verb=$1; dir=$(mkdir -p "$2" && realpath "$2")
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
@@ -81,8 +82,4 @@ run() {
         bash bench/gpu_checks.sh "$dir/llama3-tokenizer.gguf" "$rows"
 }
 
-case $verb in
-    bundle) bundle ;;
-    run) run "${3:-}" ;;
-    *) echo "usage: $0 bundle DIR | run DIR [ROWS]" >&2; exit 2 ;;
-esac
+if [ "$verb" = bundle ]; then bundle; else run "${3:-}"; fi
