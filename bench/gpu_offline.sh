@@ -23,21 +23,22 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 [[ $python != */* ]] || python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python")   # the build runs elsewhere
 say() { echo; echo "== $* ($(date +%T))"; }
+version_of() { $python -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
 
 bundle() {
     local version tmp
-    version=$($python -c "import importlib.metadata as m; print(m.version('llama_cpp_python'))")
+    version=$(version_of llama_cpp_python)
     tmp=$(mktemp -d)
     say "wheels for Python ${TARGET_PYTHON:-3.12}"
     $python -m pip download -q --no-deps --only-binary=:all: --python-version "${TARGET_PYTHON:-3.12}" \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dir/wheels" \
-        $(for p in ${WHEELS:-duckdb sqlglot gguf}; do
-              echo "$p==$($python -c "import importlib.metadata as m; print(m.version('$p'))")"; done)
+        $(for p in ${WHEELS:-duckdb sqlglot gguf}; do echo "$p==$(version_of "$p")"; done)
     say "llama-cpp-python $version, source"
     $python -m pip download -q --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$version"
     tar xzf "$tmp/llama_cpp_python-$version.tar.gz" -C "$tmp"
-    local src=llama_cpp_python-$version vendored=$tmp/llama_cpp_python-$version/vendor/llama.cpp
+    local src=llama_cpp_python-$version
+    local vendored=$tmp/$src/vendor/llama.cpp
     say "Llama-3's tokenizer"
     $python "$repo/bench/random_gguf.py" --chat-template llama-3 --tokenizer-only "$dir/llama3-tokenizer.gguf" \
         --donor "$vendored/models/ggml-vocab-llama-bpe.gguf"
